@@ -1,0 +1,91 @@
+"""From a :class:`~weakseg.config.Config` to datasets, a segmentor and a method.
+
+The one place where config sections meet constructors, so the CLI, the engine and the Python API
+build every object the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from weakseg.config import Config, ConfigError
+from weakseg.data import COCODataset, FolderDataset, SegDataset, VOCDataset
+from weakseg.data.transforms import build_eval_transform, build_train_transform
+from weakseg.methods import Method, build_method, get_method_class
+from weakseg.models import Segmentor, create_segmentor
+
+
+def build_dataset(cfg: Config, split: str, *, train: bool, requires: Iterable[str] = ()) -> SegDataset:
+    """The dataset of ``split`` with training augmentation (``train=True``) or none.
+
+    ``requires`` names sample keys the method needs ("scribble", "mask", "pseudo"); a dataset that
+    cannot provide one is an error that names the key and the dataset root.
+    """
+    d = cfg.data
+    requires = set(requires)
+    if train:
+        transform = build_train_transform(
+            crop_size=tuple(d.crop_size),
+            scale_range=tuple(d.scale_range),
+            hflip=d.hflip,
+            rotate=d.rotate,
+            color_jitter=d.color_jitter,
+            resize=tuple(d.resize) if d.resize else None,
+        )
+    else:
+        transform = build_eval_transform()
+    load_masks = not train or "mask" in requires
+    if d.format == "folder":
+        dataset: SegDataset = FolderDataset(
+            d.root, split, transform=transform, load_masks=load_masks, tags_source=d.tags
+        )
+    elif d.format == "voc":
+        dataset = VOCDataset(
+            d.root,
+            split,
+            transform=transform,
+            scribbles=d.scribbles if (not train or "scribble" in requires) else None,
+            scribble_width=d.scribble_width,
+            load_masks=load_masks,
+            tags_source=d.tags,
+        )
+    else:
+        dataset = COCODataset(d.root, split, transform=transform, load_masks=load_masks, tags_source=d.tags)
+    dataset.seed = cfg.train.seed
+    if d.pseudo_dir:
+        dataset.add_label_dir("pseudo", Path(d.pseudo_dir))
+    for key in sorted(requires):
+        if not dataset.has(key):
+            raise ConfigError(
+                f"method '{cfg.method['name']}' needs '{key}' labels but the dataset at {d.root} "
+                f"(split '{split}') has none" + (" (set data.pseudo_dir)" if key == "pseudo" else "")
+            )
+    return dataset
+
+
+def method_requires(cfg: Config) -> tuple[str, ...]:
+    """Sample keys the configured method needs from the training set."""
+    method = build_method(cfg.method, num_classes=2)
+    return tuple(method.requires)
+
+
+def build_model(cfg: Config, num_classes: int, *, pretrained: bool = True) -> Segmentor:
+    """The segmentor of ``cfg.model``; ``pretrained=False`` skips weight loading (e.g. before a checkpoint)."""
+    m = cfg.model
+    return create_segmentor(
+        backbone=m.backbone,
+        head=m.head,
+        num_classes=num_classes,
+        pretrained=m.pretrained if pretrained else None,
+        output_stride=m.output_stride,
+    )
+
+
+def build_method_for(cfg: Config, dataset: SegDataset) -> Method:
+    return build_method(
+        cfg.method, num_classes=dataset.num_classes, ignore_index=dataset.ignore_index, background=dataset.background
+    )
+
+
+__all__ = ["build_dataset", "build_method_for", "build_model", "get_method_class", "method_requires"]

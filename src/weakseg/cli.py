@@ -1,0 +1,230 @@
+"""The ``weakseg`` command line: ``weakseg <command> --help`` documents each command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from weakseg.config import ConfigError
+from weakseg.io import DataError
+
+
+def _add_inference_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scales", type=float, nargs="+", default=None, help="test scales, e.g. 0.75 1 1.25 (default: the run's eval.scales)")
+    p.add_argument("--flip", action="store_true", default=None, help="average with the horizontally flipped image")
+    p.add_argument("--window", type=int, default=None, help="sliding-window size in pixels for large images")
+    p.add_argument("--resize", type=int, nargs=2, default=None, metavar=("H", "W"), help="run the network at H x W and map back")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+
+
+def _inference_overrides(args: argparse.Namespace) -> list[str]:
+    out = []
+    if args.scales:
+        out.append(f"eval.scales=[{','.join(str(s) for s in args.scales)}]")
+    if args.flip:
+        out.append("eval.flip=true")
+    if args.window:
+        out.append(f"eval.window={args.window}")
+    if args.resize:
+        out.append(f"eval.resize=[{args.resize[0]},{args.resize[1]}]")
+    return out
+
+
+def _device(name: str | None) -> str:
+    import torch
+
+    return name or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# ---------------------------------------------------------------------------------------------- train
+def cmd_train(args: argparse.Namespace) -> int:
+    from weakseg.config import load_config
+    from weakseg.engine.trainer import train
+
+    overrides = list(args.overrides)
+    if args.out:
+        overrides.append(f"out_dir={args.out}")
+    cfg = load_config(args.config, overrides)
+    resume = args.resume
+    if resume == "auto":
+        last = cfg.run_dir / "last.ckpt"
+        resume = str(last) if last.is_file() else None
+    result = train(cfg, resume=resume, device=args.device, progress=not args.quiet)
+    if result.metrics:
+        _print_summary(result.metrics, result.run_dir)
+    return 0
+
+
+def _print_summary(metrics: dict, run_dir: Path) -> None:
+    line = f"mIoU {100 * metrics['mIoU']:.2f}"
+    if "volume_Dice" in metrics:
+        line += f"  per-volume mean Dice {metrics['volume_Dice']['mean_Dice']:.4f}"
+    print(f"{line}\nrun folder: {run_dir}")
+
+
+# ---------------------------------------------------------------------------------------------- evaluate
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from weakseg.builders import build_dataset
+    from weakseg.config import load_config
+    from weakseg.engine.evaluation import evaluate, write_evaluation_report
+    from weakseg.engine.trainer import load_trained_model
+
+    device = _device(args.device)
+    model, cfg, _ = load_trained_model(args.checkpoint, device)
+    cfg = _with_overrides(cfg, _inference_overrides(args) + list(args.overrides))
+    split = args.split or cfg.data.val_split
+    dataset = build_dataset(cfg, split, train=False, requires=("mask",))
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval_{split}"
+    metrics = evaluate(
+        model,
+        dataset,
+        device=device,
+        scales=tuple(cfg.eval.scales),
+        flip=cfg.eval.flip,
+        window=cfg.eval.window,
+        window_stride=cfg.eval.window_stride,
+        resize=tuple(cfg.eval.resize) if cfg.eval.resize else None,
+        volume_dice=cfg.eval.volume_dice,
+        batch_size=cfg.eval.batch_size,
+        save_dir=out / "predictions" if args.save_predictions else None,
+        progress=not args.quiet,
+    )
+    write_evaluation_report(metrics, out, list(dataset.classes))
+    _print_summary(metrics, out)
+    return 0
+
+
+def _with_overrides(cfg, overrides: list[str]):
+    """Apply dotted overrides to a config restored from a checkpoint."""
+    from omegaconf import OmegaConf
+
+    from weakseg.config import config_from_dict, config_to_dict
+
+    if not overrides:
+        return cfg
+    base = OmegaConf.create(config_to_dict(cfg))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}': expected key=value")
+    merged = OmegaConf.merge(base, OmegaConf.from_dotlist(overrides))
+    return config_from_dict(OmegaConf.to_container(merged))
+
+
+# ---------------------------------------------------------------------------------------------- predict
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+def _collect_images(inputs: Sequence[str]) -> list[Path]:
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            files.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise DataError(f"input not found: {path}")
+    if not files:
+        raise DataError(f"no images found in {', '.join(inputs)} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    return files
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from weakseg.engine.predict import predict_files
+    from weakseg.engine.trainer import load_trained_model
+
+    device = _device(args.device)
+    model, cfg, meta = load_trained_model(args.checkpoint, device)
+    cfg = _with_overrides(cfg, _inference_overrides(args))
+    files = _collect_images(args.inputs)
+    written = predict_files(model, files, Path(args.out), cfg.eval, device=device, progress=not args.quiet,
+                            image_mode=args.image_mode or meta.get("image_mode"))
+    print(f"wrote {len(written)} masks and overlays to {args.out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- methods
+def cmd_methods(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from weakseg.methods import METHODS
+
+    for name in sorted(METHODS):
+        cls = METHODS[name]
+        doc = (cls.__doc__ or "").strip().splitlines()[0]
+        params = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls.Params))
+        print(f"{name:10s} {doc}\n{'':10s} needs: {', '.join(cls.requires) or '-'}; params: {params or '-'}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    from weakseg import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="weakseg",
+        description="Weakly supervised semantic segmentation from scribbles and image-level tags.",
+    )
+    parser.add_argument("--version", action="version", version=f"weakseg {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a segmenter from one YAML experiment file",
+                       description="Train from a YAML config; KEY=VALUE overrides use dotted keys "
+                       "(e.g. train.batch_size=8 data.root=/data/VOC2012). Works unchanged under torchrun.")
+    p.add_argument("config", help="experiment YAML, e.g. configs/pce/synthetic_effnetlite0.yaml")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
+    p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
+                   help="resume from CKPT, or (no value) from the run folder's last.ckpt")
+    p.add_argument("--out", default=None, help="run folder (default: runs/<name>)")
+    p.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda when available)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="mIoU / Dice of a checkpoint on a split",
+                       description="Evaluate a checkpoint: writes metrics.json and per-class bar charts.")
+    p.add_argument("checkpoint")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. data.root=/data/VOC2012")
+    p.add_argument("--split", default=None, help="split to evaluate (default: the run's data.val_split)")
+    p.add_argument("--out", default=None, help="output folder (default: <checkpoint folder>/eval_<split>)")
+    p.add_argument("--save-predictions", action="store_true", help="also write palette PNG predictions and overlays")
+    p.add_argument("--quiet", action="store_true")
+    _add_inference_options(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="segment image files: palette PNG masks + overlays",
+                       description="Segment images (files or folders) with a checkpoint.")
+    p.add_argument("checkpoint")
+    p.add_argument("inputs", nargs="+", help="image files or folders")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--image-mode", default=None, choices=["RGB", "L"],
+                   help="how to read the images (default: as the training data)")
+    p.add_argument("--quiet", action="store_true")
+    _add_inference_options(p)
+    p.set_defaults(func=cmd_predict)
+
+    from weakseg.cli_data import add_data_parser
+
+    add_data_parser(sub)
+
+    p = sub.add_parser("methods", help="list the training methods and their parameters")
+    p.set_defaults(func=cmd_methods)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, DataError) as err:
+        print(f"weakseg {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

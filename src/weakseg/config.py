@@ -1,0 +1,262 @@
+"""Experiment configuration: a typed schema, YAML files and dotted command-line overrides.
+
+One YAML file describes one experiment (``configs/<method>/<dataset>_<backbone>.yaml``). It is merged
+onto the dataclass schema below, so a key that does not exist or a value of the wrong type stops with
+an error naming the key. Overrides use dotted keys: ``train.batch_size=8 data.root=/data/VOC2012``.
+
+The ``method`` section is typed by the method itself: every registered method declares a
+``Params`` dataclass (with the paper's defaults), and :func:`load_config` validates ``method.*``
+against the dataclass of the method named in ``method.name``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key (and file) and what was expected."""
+
+
+@dataclass
+class DataConfig:
+    """Where the data is and how training samples are augmented."""
+
+    format: str = "folder"  # folder | voc | coco
+    root: str = "demo_data/synthetic"
+    train_split: str = "train"
+    val_split: str = "val"
+    scribbles: str = "png"  # VOC only: png | xml
+    scribble_width: int = 3  # VOC XML polylines: stroke width in pixels
+    tags: str = "auto"  # auto | masks | scribbles | path to cls_labels.npy or tags.csv
+    pseudo_dir: str | None = None  # folder of pseudo-label PNGs ({id}.png), loaded as "pseudo"
+    crop_size: list[int] = field(default_factory=lambda: [96, 96])  # [H, W] of training crops
+    resize: list[int] | None = None  # resize every training image to [H, W] before augmentation
+    scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
+    hflip: float = 0.5
+    rotate: float = 0.0  # maximum rotation in degrees (applied with probability 0.5)
+    color_jitter: float = 0.0  # strength of brightness/contrast/saturation jitter; 0 disables
+    num_workers: int = 2
+
+
+@dataclass
+class ModelConfig:
+    """The segmentor: a timm backbone and a segmentation head."""
+
+    backbone: str = "efficientnet_lite0"
+    head: str = "deeplabv3plus"
+    pretrained: str | None = "imagenet"  # imagenet | a local weights file | null
+    output_stride: int = 16
+    channels_last: bool = False
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser and learning-rate schedule (stepped every iteration)."""
+
+    name: str = "sgd"  # sgd | adamw
+    lr: float = 0.01
+    head_lr_mult: float = 10.0  # new layers (head, method modules) learn this many times faster
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    schedule: str = "poly"  # poly | warmup_cosine | constant
+    poly_power: float = 0.9
+    warmup_steps: int = 0
+    min_lr: float = 0.0
+    grad_clip: float | None = None  # max global gradient norm
+
+
+@dataclass
+class TrainConfig:
+    """The training loop."""
+
+    steps: int = 1000
+    batch_size: int = 8
+    max_minutes: float | None = None  # stop early after this wall-clock budget (the step count still sets the schedule)
+    amp: str = "auto"  # auto (bf16 on CUDA, none on CPU) | none | bf16 | fp16
+    compile: bool = False
+    val_every: int = 500
+    ckpt_every: int = 500
+    log_every: int = 10
+    seed: int = 0
+    deterministic: bool = False
+    tensorboard: bool = False
+    num_overlays: int = 8  # validation overlays written at the end of training
+
+
+@dataclass
+class EvalConfig:
+    """Inference settings used for validation, ``weakseg evaluate`` and ``weakseg predict``."""
+
+    scales: list[float] = field(default_factory=lambda: [1.0])
+    flip: bool = False
+    window: int | None = None  # sliding-window size for large images (pixels); null = whole image
+    window_stride: float = 0.6667  # window step as a fraction of the window
+    resize: list[int] | None = None  # run the network at this [H, W] and map predictions back
+    volume_dice: bool | None = None  # per-volume 3-D Dice (auto: on for slice ids like ACDC's)
+    batch_size: int = 1
+
+
+@dataclass
+class Config:
+    """A whole experiment."""
+
+    name: str = "experiment"
+    out_dir: str | None = None  # default: runs/<name>
+    method: Any = field(default_factory=lambda: {"name": "pce"})
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) if self.out_dir else Path("runs") / self.name
+
+
+def _error(err: OmegaConfBaseException, where: str) -> ConfigError:
+    key = getattr(err, "full_key", None) or getattr(err, "key", None) or "?"
+    if isinstance(err, ConfigKeyError):
+        return ConfigError(f"{where}: unknown config key '{key}'")
+    if isinstance(err, ValidationError):
+        msg = str(err).splitlines()[0]
+        return ConfigError(f"{where}: wrong value for config key '{key}': {msg}")
+    return ConfigError(f"{where}: {str(err).splitlines()[0]} (key '{key}')")
+
+
+def _merge(base: DictConfig, other: Any, where: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, other)  # type: ignore[return-value]
+    except OmegaConfBaseException as err:
+        raise _error(err, where) from err
+
+
+def _method_schema(method_section: Any, where: str) -> DictConfig:
+    """Validate ``method.*`` against the named method's ``Params`` dataclass."""
+    from weakseg.methods import get_method_class
+
+    section = OmegaConf.create(method_section if method_section is not None else {})
+    name = section.get("name", "pce")
+    try:
+        cls = get_method_class(name)
+    except KeyError as err:
+        raise ConfigError(f"{where}: method.name: {err.args[0]}") from None
+    schema = OmegaConf.structured(cls.Params)
+    schema_with_name = OmegaConf.merge({"name": name}, schema)
+    OmegaConf.set_struct(schema_with_name, True)
+    try:
+        return OmegaConf.merge(schema_with_name, section)  # type: ignore[return-value]
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or getattr(err, "key", None)
+        if isinstance(err, ConfigKeyError):
+            valid = ", ".join(f.name for f in dataclasses.fields(cls.Params)) or "(none)"
+            raise ConfigError(
+                f"{where}: unknown config key 'method.{key}' for method '{name}'; its keys are: {valid}"
+            ) from None
+        raise ConfigError(f"{where}: wrong value for 'method.{key}': {str(err).splitlines()[0]}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML experiment file (or start from defaults) and apply dotted ``key=value`` overrides.
+
+    Raises :class:`ConfigError` naming the offending key for unknown keys and wrong types.
+    """
+    schema = OmegaConf.structured(Config)
+    merged = schema
+    method_parts: list[tuple[Any, str]] = []
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            raw = OmegaConf.load(path)
+        except Exception as err:  # yaml errors come in several types
+            raise ConfigError(f"cannot parse config file {path}: {err}") from err
+        if not isinstance(raw, DictConfig):
+            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+        raw_dict = OmegaConf.to_container(raw)
+        method_parts.append((raw_dict.pop("method", None), str(path)))  # type: ignore[union-attr]
+        merged = _merge(merged, raw_dict, str(path))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}': expected key=value, e.g. train.batch_size=8")
+        key = item.split("=", 1)[0]
+        try:
+            dot = OmegaConf.from_dotlist([item])
+        except OmegaConfBaseException as err:
+            raise ConfigError(f"override '{item}': {err}") from err
+        if key == "method" or key.startswith("method."):
+            method_parts.append((OmegaConf.to_container(dot)["method"], f"override '{item}'"))
+        else:
+            merged = _merge(merged, dot, f"override '{item}'")
+
+    method = OmegaConf.create({"name": "pce"})
+    where = "config"
+    for part, where in method_parts:
+        if part is not None:
+            if not isinstance(part, dict):
+                part = {"name": part}  # "method=rloss" shorthand
+            if "name" in part and part["name"] != method.get("name"):
+                method = OmegaConf.create({})  # a new method starts from its own defaults
+            method = OmegaConf.merge(method, part)
+    method = _method_schema(method, where)
+    cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    cfg.method = OmegaConf.to_container(method)
+    _check_values(cfg)
+    return cfg
+
+
+def _check_values(cfg: Config) -> None:
+    """Value checks that a type alone cannot express."""
+    choices = {
+        "data.format": (cfg.data.format, ("folder", "voc", "coco")),
+        "data.scribbles": (cfg.data.scribbles, ("png", "xml")),
+        "optim.name": (cfg.optim.name, ("sgd", "adamw")),
+        "optim.schedule": (cfg.optim.schedule, ("poly", "warmup_cosine", "constant")),
+        "train.amp": (cfg.train.amp, ("auto", "none", "bf16", "fp16")),
+    }
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ConfigError(f"config key '{key}' is '{value}'; expected one of {', '.join(allowed)}")
+    for key, value in {"data.crop_size": cfg.data.crop_size, "data.resize": cfg.data.resize,
+                       "eval.resize": cfg.eval.resize}.items():
+        if value is not None and (len(value) != 2 or min(value) <= 0):
+            raise ConfigError(f"config key '{key}' is {value}; expected [height, width] of positive integers")
+    if len(cfg.data.scale_range) != 2 or not 0 < cfg.data.scale_range[0] <= cfg.data.scale_range[1]:
+        raise ConfigError(f"config key 'data.scale_range' is {cfg.data.scale_range}; expected [min, max] with 0 < min <= max")
+    for key, value in {"train.steps": cfg.train.steps, "train.batch_size": cfg.train.batch_size,
+                       "train.val_every": cfg.train.val_every, "train.ckpt_every": cfg.train.ckpt_every,
+                       "train.log_every": cfg.train.log_every}.items():
+        if value <= 0:
+            raise ConfigError(f"config key '{key}' is {value}; expected a positive integer")
+    if cfg.model.output_stride not in (8, 16, 32):
+        raise ConfigError(f"config key 'model.output_stride' is {cfg.model.output_stride}; expected 8, 16 or 32")
+    if not cfg.eval.scales or min(cfg.eval.scales) <= 0:
+        raise ConfigError(f"config key 'eval.scales' is {cfg.eval.scales}; expected positive scale factors")
+
+
+def to_yaml(cfg: Config) -> str:
+    """The resolved configuration as YAML (what is saved in every run folder)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def config_from_dict(data: dict) -> Config:
+    """Rebuild a :class:`Config` from the dict stored in a checkpoint (validated like a file)."""
+    data = dict(data)
+    method = data.pop("method", None)
+    merged = _merge(OmegaConf.structured(Config), data, "checkpoint config")
+    cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    cfg.method = OmegaConf.to_container(_method_schema(method, "checkpoint config"))
+    return cfg
+
+
+def config_to_dict(cfg: Config) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(cfg))  # type: ignore[return-value]

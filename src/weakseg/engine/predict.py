@@ -1,0 +1,60 @@
+"""Segment image files: palette PNG masks and overlays for ``weakseg predict``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from weakseg.config import EvalConfig
+from weakseg.engine.inference import predict_labels
+from weakseg.io import atomic_save_label_png, read_image
+
+
+def image_to_tensor(image: np.ndarray) -> torch.Tensor:
+    """uint8 [H, W] or [H, W, 3] → float32 [3, H, W] in [0, 1] (gray replicated), the model's input."""
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0
+
+
+def predict_files(
+    model: nn.Module,
+    files: Sequence[Path],
+    out_dir: Path,
+    eval_cfg: EvalConfig,
+    *,
+    device: str | torch.device = "cpu",
+    image_mode: str | None = None,
+    progress: bool = True,
+) -> list[Path]:
+    """Write ``<stem>.png`` (palette label map) and ``<stem>_overlay.jpg`` for every image.
+
+    Returns the mask paths. Images are read as ``image_mode`` ("RGB" or "L"; default RGB).
+    """
+    from weakseg.viz import make_palette, save_overlay
+
+    palette = make_palette()
+    written = []
+    for path in tqdm(files, desc="predict", disable=not progress):
+        image = read_image(path, image_mode or "RGB")
+        x = image_to_tensor(image)[None].to(device)
+        pred = predict_labels(
+            model,
+            x,
+            scales=tuple(eval_cfg.scales),
+            flip=eval_cfg.flip,
+            window=eval_cfg.window,
+            window_stride=eval_cfg.window_stride,
+            resize=tuple(eval_cfg.resize) if eval_cfg.resize else None,
+        )[0].cpu().numpy().astype(np.uint8)
+        mask_path = out_dir / f"{path.stem}.png"
+        atomic_save_label_png(mask_path, pred, palette)
+        rgb = image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2)
+        save_overlay(out_dir / f"{path.stem}_overlay.jpg", rgb, pred)
+        written.append(mask_path)
+    return written

@@ -1,0 +1,358 @@
+"""The training loop shared by every method.
+
+One step: load a batch → model forward → method turns outputs + labels into named loss terms →
+backward on their sum → optimiser step. Around it: per-step learning rate, autocast, gradient
+clipping, periodic logging / validation / checkpoints, exact resume and DDP under torchrun.
+Nothing in the step reads values back to the host except on logging steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from weakseg.builders import build_dataset, build_method_for, build_model, method_requires
+from weakseg.config import Config, config_to_dict, to_yaml
+from weakseg.data.base import SegDataset
+from weakseg.engine.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from weakseg.engine.distributed import DistInfo, barrier, cleanup_distributed, reduce_mean, setup_distributed
+from weakseg.engine.evaluation import evaluate, write_evaluation_report
+from weakseg.engine.inference import predict_labels
+from weakseg.engine.optim import apply_lr, build_optimizer
+from weakseg.engine.sampling import EpochIndexed, StepBatchSampler
+from weakseg.io import atomic_write_text
+from weakseg.methods import Method
+from weakseg.models import Segmentor
+
+
+class TrainModule(nn.Module):
+    """Segmentor + method in one module, so DDP sees every trainable parameter."""
+
+    def __init__(self, model: Segmentor, method: Method):
+        super().__init__()
+        self.model = model
+        self.method = method
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        outputs = self.model(batch["image"])
+        return self.method(outputs, batch)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    metrics: dict[str, Any] = field(default_factory=dict)
+    stopped_early: bool = False
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def autocast_context(amp: str, device: torch.device) -> tuple[contextlib.AbstractContextManager, bool]:
+    """The autocast context for ``train.amp`` and whether fp16 loss scaling is needed."""
+    if amp == "auto":
+        amp = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "none"
+    if amp == "none":
+        return contextlib.nullcontext(), False
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype), amp == "fp16"
+
+
+def move_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def selection_score(metrics: dict[str, Any]) -> float:
+    """The number that picks ``best.ckpt``: mean per-volume Dice when present, else mIoU."""
+    if "volume_Dice" in metrics:
+        return float(metrics["volume_Dice"]["mean_Dice"])
+    return float(metrics["mIoU"])
+
+
+class MetricsLog:
+    """Append-only JSON-lines log of training and validation rows (``metrics.jsonl``)."""
+
+    def __init__(self, path: Path, resume_step: int | None, tensorboard: bool):
+        self.path = path
+        if resume_step is not None and path.exists():
+            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step]
+            atomic_write_text(path, "".join(line + "\n" for line in kept))
+        elif path.exists():
+            path.unlink()
+        self.writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(path.parent / "tensorboard"))
+            except ImportError:
+                warnings.warn("train.tensorboard is on but tensorboard is not installed; logging to JSON only", stacklevel=2)
+
+    def write(self, row: dict[str, Any]) -> None:
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+        if self.writer is not None:
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.writer.add_scalar(k, v, row["step"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _validation_row(metrics: dict[str, Any], step: int) -> dict[str, Any]:
+    row: dict[str, Any] = {"step": step, "val/mIoU": metrics["mIoU"], "val/pixel_accuracy": metrics["pixel_accuracy"]}
+    if "mean_Dice" in metrics:
+        row["val/mean_Dice"] = metrics["mean_Dice"]
+    if "volume_Dice" in metrics:
+        row["val/volume_mean_Dice"] = metrics["volume_Dice"]["mean_Dice"]
+    return row
+
+
+def write_overlays(model: nn.Module, dataset: SegDataset, out_dir: Path, cfg: Config, device: torch.device) -> None:
+    """Prediction overlays (image | prediction | ground truth) of the first validation samples."""
+    from weakseg.viz import save_overlay
+
+    count = min(cfg.train.num_overlays, len(dataset))
+    model.eval()
+    for i in range(count):
+        sample = dataset[i]
+        pred = predict_labels(
+            model,
+            sample["image"][None].to(device),
+            scales=tuple(cfg.eval.scales),
+            flip=cfg.eval.flip,
+            resize=tuple(cfg.eval.resize) if cfg.eval.resize else None,
+        )[0].cpu()
+        image = (sample["image"].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        gt = sample["mask"].numpy() if "mask" in sample else None
+        save_overlay(out_dir / f"{sample['id']}.jpg", image, pred.numpy(), gt=gt)
+
+
+def _run_validation(model: nn.Module, dataset: SegDataset, cfg: Config, device: torch.device, progress: bool,
+                    save_dir: Path | None = None) -> dict[str, Any]:
+    return evaluate(
+        model,
+        dataset,
+        device=device,
+        scales=tuple(cfg.eval.scales),
+        flip=cfg.eval.flip,
+        window=cfg.eval.window,
+        window_stride=cfg.eval.window_stride,
+        resize=tuple(cfg.eval.resize) if cfg.eval.resize else None,
+        volume_dice=cfg.eval.volume_dice,
+        batch_size=cfg.eval.batch_size,
+        save_dir=save_dir,
+        progress=progress,
+    )
+
+
+def train(
+    cfg: Config,
+    *,
+    resume: str | Path | None = None,
+    device: str | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``cfg`` to ``cfg.train.steps`` (or ``train.max_minutes``) and write the run folder.
+
+    The run folder (``cfg.run_dir``) receives ``config.yaml``, ``metrics.jsonl``, ``last.ckpt`` and
+    ``best.ckpt``, and at the end ``metrics.json`` (final validation), ``per_class_iou.png``,
+    ``training_curves.png`` and ``overlays/``. ``resume`` is a checkpoint path; the loop continues
+    from its step with identical data order, learning rate and random state.
+    """
+    info = setup_distributed(device)
+    try:
+        return _train(cfg, info, resume=resume, progress=progress and info.is_main)
+    finally:
+        cleanup_distributed(info)
+
+
+def _train(cfg: Config, info: DistInfo, *, resume: str | Path | None, progress: bool) -> TrainResult:
+    dev = info.device
+    run_dir = cfg.run_dir
+    seed_everything(cfg.train.seed)
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+    requires = method_requires(cfg)
+    train_set = build_dataset(cfg, cfg.data.train_split, train=True, requires=requires)
+    val_set = build_dataset(cfg, cfg.data.val_split, train=False, requires=("mask",))
+
+    ckpt = load_checkpoint(resume, map_location="cpu") if resume else None
+    model = build_model(cfg, train_set.num_classes, pretrained=ckpt is None)
+    method = build_method_for(cfg, train_set)
+    module = TrainModule(model, method).to(dev)
+    if cfg.model.channels_last:
+        module = module.to(memory_format=torch.channels_last)
+    groups = model.param_groups()
+    groups["method"] = list(method.parameters())
+    optimizer = build_optimizer(groups, cfg.optim)
+    autocast, use_scaler = autocast_context(cfg.train.amp, dev)
+    scaler = torch.amp.GradScaler(dev.type, enabled=use_scaler)
+
+    start_step, best_score = 0, -math.inf
+    if ckpt is not None:
+        module.model.load_state_dict(ckpt["model"])
+        module.method.load_state_dict(ckpt.get("method", {}))
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if "scaler" in ckpt:
+            scaler.load_state_dict(ckpt["scaler"])
+        start_step = int(ckpt["step"])
+        best_score = float(ckpt.get("best_score", -math.inf))
+
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
+    log = MetricsLog(run_dir / "metrics.jsonl", start_step if ckpt else None, cfg.train.tensorboard) if info.is_main else None
+
+    total = cfg.train.steps
+    sampler = StepBatchSampler(
+        len(train_set), cfg.train.batch_size, total, seed=cfg.train.seed, start_step=start_step,
+        rank=info.rank, world_size=info.world_size,
+    )
+    loader = DataLoader(
+        EpochIndexed(train_set),
+        batch_sampler=sampler,
+        num_workers=cfg.data.num_workers,
+        pin_memory=dev.type == "cuda",
+        persistent_workers=cfg.data.num_workers > 0,
+        generator=torch.Generator().manual_seed(cfg.train.seed),
+    )
+    train_module: nn.Module = module
+    if info.enabled:
+        train_module = DistributedDataParallel(module, device_ids=[dev.index] if dev.type == "cuda" else None)
+    if cfg.train.compile:
+        train_module = torch.compile(train_module)
+    if ckpt is not None:
+        set_rng_state(ckpt["rng"])  # last, so nothing above consumes the restored stream
+
+    def checkpoint(name: str, step: int) -> None:
+        save_checkpoint(
+            run_dir / name,
+            model=module.model.state_dict(),
+            method=module.method.state_dict(),
+            optimizer=optimizer.state_dict(),
+            scaler=scaler.state_dict(),
+            step=step,
+            best_score=best_score,
+            config=config_to_dict(cfg),
+            classes=list(train_set.classes),
+            ignore_index=train_set.ignore_index,
+            background=train_set.background,
+            image_mode=train_set.image_mode,
+        )
+
+    started = time.monotonic()
+    window_start, window_images = time.monotonic(), 0
+    stopped_early = False
+    step = start_step
+    bar = tqdm(total=total, initial=start_step, desc=f"train {cfg.name}", disable=not progress, dynamic_ncols=True)
+    train_module.train()
+    for batch in loader:
+        batch = move_batch(batch, dev)
+        if cfg.model.channels_last:
+            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+        lr = apply_lr(optimizer, step, total, cfg.optim)
+        with autocast:
+            losses = train_module(batch)
+        loss = torch.stack([v.float() for v in losses.values()]).sum()
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if cfg.optim.grad_clip:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.optim.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        step += 1
+        window_images += batch["image"].shape[0] * info.world_size
+        bar.update(1)
+
+        if step % cfg.train.log_every == 0 or step == total:
+            values = reduce_mean({"loss": loss.detach(), **{k: v.detach() for k, v in losses.items()}}, info)
+            values = {k: float(v) for k, v in values.items()}
+            if not math.isfinite(values["loss"]):
+                raise FloatingPointError(f"loss became {values['loss']} at step {step} ({values}); lower optim.lr?")
+            elapsed = time.monotonic() - window_start
+            row = {"step": step, "lr": lr, **values, "images_per_s": window_images / max(elapsed, 1e-9)}
+            window_start, window_images = time.monotonic(), 0
+            if log is not None:
+                log.write(row)
+            bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{lr:.2e}")
+
+        out_of_time = cfg.train.max_minutes is not None and (time.monotonic() - started) / 60 >= cfg.train.max_minutes
+        if info.enabled:  # every process must agree on stopping
+            flag = torch.tensor(float(out_of_time), device=dev)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            out_of_time = bool(flag.item())
+        finished = step == total or out_of_time
+        if step % cfg.train.val_every == 0 and not finished:
+            if info.is_main:
+                metrics = _run_validation(module.model, val_set, cfg, dev, progress=False)
+                train_module.train()
+                assert log is not None
+                log.write(_validation_row(metrics, step))
+                score = selection_score(metrics)
+                if score > best_score:
+                    best_score = score
+                    checkpoint("best.ckpt", step)
+            barrier(info)
+        if (step % cfg.train.ckpt_every == 0 or finished) and info.is_main:
+            checkpoint("last.ckpt", step)
+        if out_of_time and step < total:
+            stopped_early = True
+            break
+    bar.close()
+
+    metrics: dict[str, Any] = {}
+    if info.is_main:
+        metrics = _run_validation(module.model, val_set, cfg, dev, progress=progress)
+        assert log is not None
+        log.write(_validation_row(metrics, step))
+        log.close()
+        if selection_score(metrics) > best_score:
+            best_score = selection_score(metrics)
+            checkpoint("best.ckpt", step)
+        checkpoint("last.ckpt", step)
+        metrics["step"] = step
+        metrics["stopped_early"] = stopped_early
+        write_evaluation_report(metrics, run_dir, list(val_set.classes))
+        from weakseg.viz import plot_training_curves
+
+        plot_training_curves(run_dir / "metrics.jsonl", run_dir / "training_curves.png")
+        write_overlays(module.model, val_set, run_dir / "overlays", cfg, dev)
+    barrier(info)
+    return TrainResult(run_dir=run_dir, step=step, metrics=metrics, stopped_early=stopped_early)
+
+
+def load_trained_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Segmentor, Config, dict[str, Any]]:
+    """A segmentor restored from a weakseg checkpoint, in eval mode, with its config and class info."""
+    from weakseg.config import config_from_dict
+
+    ckpt = load_checkpoint(path, map_location="cpu")
+    cfg = config_from_dict(ckpt["config"])
+    model = build_model(cfg, len(ckpt["classes"]), pretrained=False)
+    model.load_state_dict(ckpt["model"])
+    model.to(device).eval()
+    meta = {k: ckpt.get(k) for k in ("classes", "ignore_index", "background", "step", "image_mode")}
+    return model, cfg, meta

@@ -1,0 +1,83 @@
+"""The method interface and its registry."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+METHODS: dict[str, type[Method]] = {}
+
+
+@dataclass
+class NoParams:
+    """A method without hyperparameters."""
+
+
+class Method(nn.Module):
+    """Combines model outputs and batch labels into named, weighted loss terms.
+
+    Subclasses set ``name``, ``Params`` (a dataclass whose defaults are the paper's), ``requires``
+    (sample keys the dataset must provide, e.g. ``("scribble",)``) and implement :meth:`forward`.
+    A method may own modules of its own (extra heads); their parameters train with the
+    "new layers" learning rate. A method never reads files or touches the optimiser.
+    """
+
+    name: ClassVar[str] = ""
+    Params: ClassVar[type] = NoParams
+    requires: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, params: Any, num_classes: int, ignore_index: int = 255, background: int | None = 0):
+        super().__init__()
+        self.params = params
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.background = background
+
+    def forward(self, outputs: dict[str, Any], batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Return ``{term_name: weighted scalar loss}``; the engine optimises their sum.
+
+        Args:
+            outputs: the segmentor's dict ("logits" [B, K, h, w], "features", "embedding", ...).
+            batch: the collated samples ("image" [B, 3, H, W] in [0, 1], "scribble"/"mask" [B, H, W], ...).
+        """
+        raise NotImplementedError
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator adding a method to :data:`METHODS` under ``cls.name``."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name")
+    if cls.name in METHODS:
+        raise ValueError(f"method '{cls.name}' is registered twice")
+    METHODS[cls.name] = cls
+    return cls
+
+
+def available_methods() -> list[str]:
+    return sorted(METHODS)
+
+
+def get_method_class(name: str) -> type[Method]:
+    if name not in METHODS:
+        raise KeyError(f"unknown method '{name}'; available: {', '.join(available_methods())}")
+    return METHODS[name]
+
+
+def build_method(
+    spec: dict[str, Any], num_classes: int, ignore_index: int = 255, background: int | None = 0
+) -> Method:
+    """Build a method from its config section ``{"name": ..., <Params fields>...}``."""
+    spec = dict(spec)
+    cls = get_method_class(spec.pop("name"))
+    field_names = {f.name for f in dataclasses.fields(cls.Params)}
+    unknown = set(spec) - field_names
+    if unknown:
+        raise KeyError(f"method '{cls.name}' has no parameter(s) {sorted(unknown)}; its parameters: {sorted(field_names)}")
+    params = cls.Params(**spec)
+    return cls(params, num_classes=num_classes, ignore_index=ignore_index, background=background)
+
+

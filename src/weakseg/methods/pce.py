@@ -1,0 +1,29 @@
+"""``pce``: partial cross-entropy on scribbles, the baseline of every scribble method."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from weakseg.losses import partial_cross_entropy
+from weakseg.methods.base import Method, register_method
+
+
+@dataclass
+class PCEParams:
+    weight: float = 1.0
+
+
+@register_method
+class PartialCE(Method):
+    """Cross-entropy on scribbled pixels only (label 255 = unlabelled is ignored)."""
+
+    name = "pce"
+    Params = PCEParams
+    requires = ("scribble",)
+
+    def forward(self, outputs: dict[str, Any], batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        loss = partial_cross_entropy(outputs["logits"], batch["scribble"], self.ignore_index)
+        return {"pce": self.params.weight * loss}

@@ -1,0 +1,266 @@
+"""Segmentation heads on a backbone's feature list.
+
+Every head is built as ``Head(in_channels, strides, num_classes, **options)`` from the backbone's
+per-level ``channels`` and ``strides`` (shallow to deep), and its ``forward(features)`` returns
+``(logits [B, K, h, w], embedding [B, embed_dim, h', w'])``: class scores at the head's
+``output_stride`` (not upsampled) and the last hidden feature map before the classifier, which
+feature-space losses (dense CRF on deep features, prototypes, ...) work on.
+
+``HEADS`` maps names to the head classes; :func:`create_head` is the entry point:
+
+- ``deeplabv2``: the classic DeepLab-v2 ASPP classifier.
+- ``deeplabv2_aspp_bn``: the BatchNorm ASPP head that later DeepLab-v2 re-implementations use.
+- ``deeplabv3plus``: DeepLab-v3+ (ASPP + low-level decoder).
+
+Normalisation of hidden layers is configurable with ``norm``: ``"bn"`` (BatchNorm2d), ``"syncbn"``
+(SyncBatchNorm; behaves as BatchNorm outside ``torch.distributed``) or ``"gn"`` (GroupNorm, up to 32
+groups). Heads with an image-pooling branch normalise a 1x1 map over the batch, so with ``"bn"`` training
+needs batch size >= 2 (as in torchvision's DeepLab).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+NORMS = ("bn", "syncbn", "gn")
+
+
+def make_norm(norm: str, channels: int) -> nn.Module:
+    """A normalisation layer for ``channels`` feature maps: ``"bn"``, ``"syncbn"`` or ``"gn"``."""
+    if norm == "bn":
+        return nn.BatchNorm2d(channels)
+    if norm == "syncbn":
+        return nn.SyncBatchNorm(channels)
+    if norm == "gn":
+        return nn.GroupNorm(math.gcd(32, channels), channels)
+    raise ValueError(f"unknown norm '{norm}'; expected one of {NORMS}")
+
+
+class ConvNormAct(nn.Sequential):
+    """``k x k`` convolution (no bias, "same" padding for odd ``k``) -> norm -> ReLU."""
+
+    def __init__(
+        self, cin: int, cout: int, kernel_size: int = 1, dilation: int = 1, norm: str = "bn"
+    ) -> None:
+        padding = dilation * (kernel_size // 2)
+        super().__init__(
+            nn.Conv2d(cin, cout, kernel_size, padding=padding, dilation=dilation, bias=False),
+            make_norm(norm, cout),
+            nn.ReLU(inplace=True),
+        )
+
+
+class ImagePooling(nn.Module):
+    """Global average pool -> 1x1 ConvNormAct -> broadcast back to the input size: ``[B, cout, H, W]``."""
+
+    def __init__(self, cin: int, cout: int, norm: str = "bn") -> None:
+        super().__init__()
+        self.project = ConvNormAct(cin, cout, 1, norm=norm)
+
+    def forward(self, x: Tensor) -> Tensor:
+        pooled = self.project(F.adaptive_avg_pool2d(x, 1))
+        return pooled.expand(-1, -1, x.shape[-2], x.shape[-1])
+
+
+class ASPP(nn.Module):
+    """Atrous spatial pyramid pooling: parallel branches, concatenated, fused by a 1x1 ConvNormAct.
+
+    Branches: an optional 1x1 conv, one 3x3 conv per dilation ``rate`` and an image-pooling branch, each
+    mapping ``cin`` to ``channels``. Output ``[B, channels, H, W]`` (same size as the input).
+    """
+
+    def __init__(
+        self,
+        cin: int,
+        channels: int,
+        rates: Sequence[int],
+        *,
+        with_1x1: bool,
+        norm: str = "bn",
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        branches: list[nn.Module] = [ConvNormAct(cin, channels, 1, norm=norm)] if with_1x1 else []
+        branches += [ConvNormAct(cin, channels, 3, dilation=r, norm=norm) for r in rates]
+        branches.append(ImagePooling(cin, channels, norm=norm))
+        self.branches = nn.ModuleList(branches)
+        self.project = ConvNormAct(channels * len(branches), channels, 1, norm=norm)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.project(torch.cat([branch(x) for branch in self.branches], dim=1)))
+
+
+def _init_hidden(module: nn.Module) -> None:
+    """Kaiming-normal (fan-out, ReLU) convolutions; unit-scale, zero-shift norms."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.SyncBatchNorm, nn.GroupNorm)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def _init_classifier(conv: nn.Conv2d) -> None:
+    """Small logits at the start: weights ~ N(0, 0.01^2), zero bias (the DeepLab-v2 initialisation)."""
+    nn.init.normal_(conv.weight, std=0.01)
+    nn.init.zeros_(conv.bias)
+
+
+class DeepLabV2Head(nn.Module):
+    """The classic DeepLab-v2 ASPP classifier (Chen et al., TPAMI 2018).
+
+    Four parallel 3x3 convolutions with dilations ``rates`` (6, 12, 18, 24) read the deepest feature and
+    each predicts ``num_classes`` logits directly (with bias); their sum is the output, at the deepest
+    stride. There is no hidden layer, so the embedding is the deepest backbone feature itself.
+    """
+
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        strides: Sequence[int],
+        num_classes: int,
+        *,
+        rates: Sequence[int] = (6, 12, 18, 24),
+    ) -> None:
+        super().__init__()
+        cin = in_channels[-1]
+        self.branches = nn.ModuleList(nn.Conv2d(cin, num_classes, 3, padding=r, dilation=r) for r in rates)
+        for conv in self.branches:
+            _init_classifier(conv)
+        self.num_classes = num_classes
+        self.embed_dim = cin
+        self.output_stride = strides[-1]
+
+    def forward(self, features: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        """``features``: backbone levels -> (logits ``[B, K, h, w]``, deepest feature ``[B, C, h, w]``)."""
+        x = features[-1]
+        logits = self.branches[0](x)
+        for conv in self.branches[1:]:
+            logits = logits + conv(x)
+        return logits, x
+
+
+class DeepLabV2ASPPBNHead(nn.Module):
+    """DeepLab-v2-style head with BatchNorm ASPP, as found in later re-implementations (not the paper's).
+
+    Four 3x3 branches with dilations ``rates`` (6, 12, 18, 24) plus an image-pooling branch, each
+    conv -> norm -> ReLU to ``channels`` (256); concatenated, fused by a 1x1 conv -> norm -> ReLU (the
+    embedding), then dropout (0.5) and a 1x1 classifier. Output at the deepest stride.
+    """
+
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        strides: Sequence[int],
+        num_classes: int,
+        *,
+        rates: Sequence[int] = (6, 12, 18, 24),
+        channels: int = 256,
+        dropout: float = 0.5,
+        norm: str = "bn",
+    ) -> None:
+        super().__init__()
+        self.aspp = ASPP(in_channels[-1], channels, rates, with_1x1=False, norm=norm)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Conv2d(channels, num_classes, 1)
+        _init_hidden(self.aspp)
+        _init_classifier(self.classifier)
+        self.num_classes = num_classes
+        self.embed_dim = channels
+        self.output_stride = strides[-1]
+
+    def forward(self, features: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        """``features``: backbone levels -> (logits ``[B, K, h, w]``, embedding ``[B, 256, h, w]``)."""
+        embedding = self.aspp(features[-1])
+        return self.classifier(self.dropout(embedding)), embedding
+
+
+class DeepLabV3PlusHead(nn.Module):
+    """DeepLab-v3+ (Chen et al., ECCV 2018) on the deepest and the shallowest backbone levels.
+
+    ASPP on the deepest level: a 1x1 branch, 3x3 branches at ``rates`` (default 6/12/18 when the deepest
+    stride is 16, scaled to 12/24/36 at stride 8) and image pooling, fused to ``channels`` (256) with
+    dropout ``aspp_dropout``. The decoder projects the shallowest level to ``low_level_channels`` (48),
+    upsamples the ASPP output to it (bilinear), concatenates, and applies two 3x3 ConvNormAct (256, the
+    embedding) and a 1x1 classifier. Output at the shallowest stride (4 for the CNN backbones).
+
+    A single-level backbone (a ViT) uses its only level both as the ASPP input and as the low-level
+    feature, so the output stays at stride 16.
+    """
+
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        strides: Sequence[int],
+        num_classes: int,
+        *,
+        rates: Sequence[int] | None = None,
+        channels: int = 256,
+        low_level_channels: int = 48,
+        aspp_dropout: float = 0.1,
+        norm: str = "bn",
+    ) -> None:
+        super().__init__()
+        if rates is None:
+            rates = [r * 16 // strides[-1] for r in (6, 12, 18)]
+        self.rates = list(rates)
+        self.aspp = ASPP(
+            in_channels[-1], channels, self.rates, with_1x1=True, norm=norm, dropout=aspp_dropout
+        )
+        self.low_level = ConvNormAct(in_channels[0], low_level_channels, 1, norm=norm)
+        self.decoder = nn.Sequential(
+            ConvNormAct(channels + low_level_channels, channels, 3, norm=norm),
+            ConvNormAct(channels, channels, 3, norm=norm),
+        )
+        self.classifier = nn.Conv2d(channels, num_classes, 1)
+        for module in (self.aspp, self.low_level, self.decoder):
+            _init_hidden(module)
+        _init_classifier(self.classifier)
+        self.num_classes = num_classes
+        self.embed_dim = channels
+        self.output_stride = strides[0]
+
+    def forward(self, features: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        """``features``: backbone levels -> (logits ``[B, K, h0, w0]``, embedding ``[B, 256, h0, w0]``)."""
+        low = self.low_level(features[0])
+        context = self.aspp(features[-1])
+        if context.shape[-2:] != low.shape[-2:]:
+            context = F.interpolate(context, size=low.shape[-2:], mode="bilinear", align_corners=False)
+        embedding = self.decoder(torch.cat([context, low], dim=1))
+        return self.classifier(embedding), embedding
+
+
+HeadFactory = Callable[..., nn.Module]
+
+#: name -> head class / factory ``(in_channels, strides, num_classes, **options)``
+HEADS: dict[str, HeadFactory] = {
+    "deeplabv2": DeepLabV2Head,
+    "deeplabv2_aspp_bn": DeepLabV2ASPPBNHead,
+    "deeplabv3plus": DeepLabV3PlusHead,
+}
+
+
+def available_heads() -> list[str]:
+    """Registered head names, sorted."""
+    return sorted(HEADS)
+
+
+def create_head(
+    name: str, in_channels: Sequence[int], strides: Sequence[int], num_classes: int, **kwargs
+) -> nn.Module:
+    """Build the head registered as ``name`` for a backbone with these per-level channels and strides."""
+    if name not in HEADS:
+        raise ValueError(f"unknown head '{name}'; available: {', '.join(available_heads())}")
+    if len(in_channels) != len(strides) or not in_channels:
+        raise ValueError(f"{name}: in_channels {list(in_channels)} and strides {list(strides)} must match")
+    if num_classes < 1:
+        raise ValueError(f"{name}: num_classes must be >= 1, got {num_classes}")
+    return HEADS[name](list(in_channels), list(strides), num_classes, **kwargs)

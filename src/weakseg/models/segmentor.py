@@ -1,0 +1,123 @@
+"""Segmentor = backbone + head, with input normalisation inside.
+
+``create_segmentor("resnet101", "deeplabv3plus", num_classes=21)`` builds one from the two registries.
+Its ``forward(image)`` takes RGB images in [0, 1] and returns a dict (see :meth:`Segmentor.forward`);
+logits stay at the head's stride, :func:`upsample_logits` brings them to image size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from weakseg.models.backbones import Backbone, Pretrained, available_backbones, create_backbone
+from weakseg.models.heads import available_heads, create_head
+
+__all__ = ["Segmentor", "available_backbones", "available_heads", "create_segmentor", "upsample_logits"]
+
+
+class Segmentor(nn.Module):
+    """A backbone and a head; normalises its input with the backbone's ``mean``/``std``.
+
+    Attributes:
+        output_stride: stride of the backbone's deepest level (8 or 16 for dilated CNNs, 16 for ViTs).
+        logits_stride: stride of the logits (the head's ``output_stride``: 4 for DeepLab-v3+ on a CNN).
+        num_classes, embed_dim: logits channels and embedding channels.
+    """
+
+    def __init__(self, backbone: Backbone, head: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        # not saved in checkpoints: they follow from the backbone
+        self.register_buffer("mean", torch.tensor(backbone.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(backbone.std).view(1, 3, 1, 1), persistent=False)
+        self.output_stride = backbone.output_stride
+        self.logits_stride = head.output_stride
+        self.num_classes = head.num_classes
+        self.embed_dim = head.embed_dim
+
+    def normalize(self, image: Tensor) -> Tensor:
+        """RGB float ``[B, 3, H, W]`` in [0, 1] -> ``(image - mean) / std``, same shape."""
+        if image.ndim != 4 or image.shape[1] != 3:
+            raise ValueError(f"expected an image batch [B, 3, H, W], got shape {tuple(image.shape)}")
+        if not image.is_floating_point():
+            raise ValueError(f"expected a float image in [0, 1], got dtype {image.dtype}")
+        return (image - self.mean) / self.std
+
+    def forward(self, image: Tensor) -> dict[str, Any]:
+        """Run the network.
+
+        Args:
+            image: float ``[B, 3, H, W]``, RGB in [0, 1].
+
+        Returns:
+            ``"logits"``: ``[B, K, ceil(H/s), ceil(W/s)]`` with ``s = logits_stride`` (not upsampled);
+            ``"features"``: the backbone levels, ``[B, C_i, ~H/stride_i, ~W/stride_i]`` each;
+            ``"embedding"``: ``[B, embed_dim, h, w]``, the head's last hidden feature map.
+        """
+        features = self.backbone(self.normalize(image))
+        logits, embedding = self.head(features)
+        return {"logits": logits, "features": features, "embedding": embedding}
+
+    def param_groups(self, trainable_only: bool = False) -> dict[str, list[nn.Parameter]]:
+        """Parameters split for separate learning rates: ``"backbone"`` and ``"head"`` (all the rest).
+
+        Every parameter lands in exactly one group; modules added to a subclass count as ``"head"``.
+        With ``trainable_only`` the frozen ones (``requires_grad=False``) are left out.
+        """
+        backbone_ids = {id(p) for p in self.backbone.parameters()}
+        groups: dict[str, list[nn.Parameter]] = {"backbone": [], "head": []}
+        for p in self.parameters():
+            if trainable_only and not p.requires_grad:
+                continue
+            groups["backbone" if id(p) in backbone_ids else "head"].append(p)
+        return groups
+
+
+def create_segmentor(
+    backbone: str = "resnet101",
+    head: str = "deeplabv3plus",
+    num_classes: int = 21,
+    pretrained: Pretrained = None,
+    output_stride: int = 16,
+    *,
+    frozen_stages: int = 0,
+    freeze_bn: bool = False,
+    backbone_kwargs: Mapping[str, Any] | None = None,
+    head_kwargs: Mapping[str, Any] | None = None,
+) -> Segmentor:
+    """Build a :class:`Segmentor` from registry names.
+
+    Args:
+        backbone: a name from :func:`available_backbones`.
+        head: a name from :func:`available_heads`.
+        num_classes: logits channels (background included).
+        pretrained: ``None``, ``"imagenet"`` or a local weights file for the backbone.
+        output_stride: backbone output stride (8/16 for CNNs, 16 for ViTs).
+        frozen_stages, freeze_bn: backbone freezing (see :class:`~weakseg.models.backbones.Backbone`).
+        backbone_kwargs: extra backbone options (e.g. ``{"out_indices": [3, 7, 11]}`` for a ViT).
+        head_kwargs: extra head options (e.g. ``{"norm": "syncbn"}``).
+    """
+    body = create_backbone(
+        backbone,
+        pretrained=pretrained,
+        output_stride=output_stride,
+        frozen_stages=frozen_stages,
+        freeze_bn=freeze_bn,
+        **dict(backbone_kwargs or {}),
+    )
+    decoder = create_head(head, body.channels, body.strides, num_classes, **dict(head_kwargs or {}))
+    return Segmentor(body, decoder)
+
+
+def upsample_logits(logits: Tensor, size: Sequence[int]) -> Tensor:
+    """Bilinearly resize ``[B, K, h, w]`` logits to ``size = (H, W)`` (``align_corners=False``)."""
+    size = (int(size[0]), int(size[1]))
+    if tuple(logits.shape[-2:]) == size:
+        return logits
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
