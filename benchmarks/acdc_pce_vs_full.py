@@ -22,7 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--data", default=str(ROOT / ".." / "shared" / "data" / "acdc-scribble"))
@@ -61,8 +63,15 @@ def main() -> None:
         }
 
     classes = [c for c in rows[args.methods[0]]["per_class"]]
-    print(f"\nACDC val, per-volume Dice, {args.steps} steps x batch {args.batch_size}, EfficientNet-lite0 + DeepLabV3+, CPU")
-    header = f"{'method':8s}" + "".join(f"{c[:12]:>14s}" for c in classes) + f"{'mean':>8s}{'mIoU':>8s}{'img/s':>8s}{'wall s':>8s}"
+    print(
+        f"\nACDC val, per-volume Dice, {args.steps} steps x batch {args.batch_size}, "
+        "EfficientNet-lite0 + DeepLabV3+, CPU"
+    )
+    header = (
+        f"{'method':8s}"
+        + "".join(f"{c[:12]:>14s}" for c in classes)
+        + f"{'mean':>8s}{'mIoU':>8s}{'img/s':>8s}{'wall s':>8s}"
+    )
     print(header)
     for method, r in rows.items():
         cells = "".join(f"{r['per_class'][c]:14.4f}" for c in classes)

@@ -71,7 +71,10 @@ def method_requires(cfg: Config) -> tuple[str, ...]:
 
 
 def build_model(cfg: Config, num_classes: int, *, pretrained: bool = True) -> Segmentor:
-    """The segmentor of ``cfg.model``; ``pretrained=False`` skips weight loading (e.g. before a checkpoint)."""
+    """The segmentor of ``cfg.model``.
+
+    ``pretrained=False`` skips weight loading (when a checkpoint's weights follow).
+    """
     m = cfg.model
     return create_segmentor(
         backbone=m.backbone,
@@ -84,7 +87,10 @@ def build_model(cfg: Config, num_classes: int, *, pretrained: bool = True) -> Se
 
 def build_method_for(cfg: Config, dataset: SegDataset) -> Method:
     return build_method(
-        cfg.method, num_classes=dataset.num_classes, ignore_index=dataset.ignore_index, background=dataset.background
+        cfg.method,
+        num_classes=dataset.num_classes,
+        ignore_index=dataset.ignore_index,
+        background=dataset.background,
     )
 
 

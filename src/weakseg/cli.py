@@ -12,10 +12,25 @@ from weakseg.io import DataError
 
 
 def _add_inference_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--scales", type=float, nargs="+", default=None, help="test scales, e.g. 0.75 1 1.25 (default: the run's eval.scales)")
-    p.add_argument("--flip", action="store_true", default=None, help="average with the horizontally flipped image")
+    p.add_argument(
+        "--scales",
+        type=float,
+        nargs="+",
+        default=None,
+        help="test scales, e.g. 0.75 1 1.25 (default: the run's eval.scales)",
+    )
+    p.add_argument(
+        "--flip", action="store_true", default=None, help="average with the horizontally flipped image"
+    )
     p.add_argument("--window", type=int, default=None, help="sliding-window size in pixels for large images")
-    p.add_argument("--resize", type=int, nargs=2, default=None, metavar=("H", "W"), help="run the network at H x W and map back")
+    p.add_argument(
+        "--resize",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("H", "W"),
+        help="run the network at H x W and map back",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
 
 
@@ -67,7 +82,6 @@ def _print_summary(metrics: dict, run_dir: Path) -> None:
 # ---------------------------------------------------------------------------------------------- evaluate
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from weakseg.builders import build_dataset
-    from weakseg.config import load_config
     from weakseg.engine.evaluation import evaluate, write_evaluation_report
     from weakseg.engine.trainer import load_trained_model
 
@@ -127,7 +141,9 @@ def _collect_images(inputs: Sequence[str]) -> list[Path]:
         else:
             raise DataError(f"input not found: {path}")
     if not files:
-        raise DataError(f"no images found in {', '.join(inputs)} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise DataError(
+            f"no images found in {', '.join(inputs)} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})"
+        )
     return files
 
 
@@ -139,8 +155,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     model, cfg, meta = load_trained_model(args.checkpoint, device)
     cfg = _with_overrides(cfg, _inference_overrides(args))
     files = _collect_images(args.inputs)
-    written = predict_files(model, files, Path(args.out), cfg.eval, device=device, progress=not args.quiet,
-                            image_mode=args.image_mode or meta.get("image_mode"))
+    written = predict_files(
+        model,
+        files,
+        Path(args.out),
+        cfg.eval,
+        device=device,
+        progress=not args.quiet,
+        image_mode=args.image_mode or meta.get("image_mode"),
+    )
     print(f"wrote {len(written)} masks and overlays to {args.out}")
     return 0
 
@@ -170,36 +193,59 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"weakseg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("train", help="train a segmenter from one YAML experiment file",
-                       description="Train from a YAML config; KEY=VALUE overrides use dotted keys "
-                       "(e.g. train.batch_size=8 data.root=/data/VOC2012). Works unchanged under torchrun.")
+    p = sub.add_parser(
+        "train",
+        help="train a segmenter from one YAML experiment file",
+        description="Train from a YAML config; KEY=VALUE overrides use dotted keys "
+        "(e.g. train.batch_size=8 data.root=/data/VOC2012). Works unchanged under torchrun.",
+    )
     p.add_argument("config", help="experiment YAML, e.g. configs/pce/synthetic_effnetlite0.yaml")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
-    p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
-                   help="resume from CKPT, or (no value) from the run folder's last.ckpt")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="auto",
+        default=None,
+        metavar="CKPT",
+        help="resume from CKPT, or (no value) from the run folder's last.ckpt",
+    )
     p.add_argument("--out", default=None, help="run folder (default: runs/<name>)")
     p.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda when available)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="mIoU / Dice of a checkpoint on a split",
-                       description="Evaluate a checkpoint: writes metrics.json and per-class bar charts.")
+    p = sub.add_parser(
+        "evaluate",
+        help="mIoU / Dice of a checkpoint on a split",
+        description="Evaluate a checkpoint: writes metrics.json and per-class bar charts.",
+    )
     p.add_argument("checkpoint")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. data.root=/data/VOC2012")
+    p.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. data.root=/data/VOC2012"
+    )
     p.add_argument("--split", default=None, help="split to evaluate (default: the run's data.val_split)")
     p.add_argument("--out", default=None, help="output folder (default: <checkpoint folder>/eval_<split>)")
-    p.add_argument("--save-predictions", action="store_true", help="also write palette PNG predictions and overlays")
+    p.add_argument(
+        "--save-predictions", action="store_true", help="also write palette PNG predictions and overlays"
+    )
     p.add_argument("--quiet", action="store_true")
     _add_inference_options(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="segment image files: palette PNG masks + overlays",
-                       description="Segment images (files or folders) with a checkpoint.")
+    p = sub.add_parser(
+        "predict",
+        help="segment image files: palette PNG masks + overlays",
+        description="Segment images (files or folders) with a checkpoint.",
+    )
     p.add_argument("checkpoint")
     p.add_argument("inputs", nargs="+", help="image files or folders")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--image-mode", default=None, choices=["RGB", "L"],
-                   help="how to read the images (default: as the training data)")
+    p.add_argument(
+        "--image-mode",
+        default=None,
+        choices=["RGB", "L"],
+        help="how to read the images (default: as the training data)",
+    )
     p.add_argument("--quiet", action="store_true")
     _add_inference_options(p)
     p.set_defaults(func=cmd_predict)

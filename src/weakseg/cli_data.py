@@ -12,7 +12,9 @@ def _open_dataset(root: str, split: str, fmt: str):
     from weakseg.data import COCODataset, FolderDataset, VOCDataset
 
     if fmt == "voc":
-        return VOCDataset(root, split, scribbles="png" if (Path(root) / "pascal_2012_scribble").is_dir() else None)
+        return VOCDataset(
+            root, split, scribbles="png" if (Path(root) / "pascal_2012_scribble").is_dir() else None
+        )
     if fmt == "coco":
         return COCODataset(root, split)
     return FolderDataset(root, split)
@@ -22,8 +24,14 @@ def cmd_synthetic(args: argparse.Namespace) -> int:
     from weakseg.data.synthetic import make_synthetic_dataset
 
     root = make_synthetic_dataset(
-        args.out, num_train=args.num_train, num_val=args.num_val, num_test=args.num_test,
-        size=tuple(args.size), num_classes=args.num_classes, seed=args.seed, image_mode=args.mode,
+        args.out,
+        num_train=args.num_train,
+        num_val=args.num_val,
+        num_test=args.num_test,
+        size=tuple(args.size),
+        num_classes=args.num_classes,
+        seed=args.seed,
+        image_mode=args.mode,
     )
     print(f"synthetic dataset written to {root}")
     return 0
@@ -34,8 +42,14 @@ def cmd_variant(args: argparse.Namespace) -> int:
 
     ratio = getattr(args, "ratio", 0.0)
     root = write_scribble_variant(
-        args.src, args.dst, args.op, ratio=ratio, seed=args.seed, splits=args.splits,
-        width=args.width, progress=not args.quiet,
+        args.src,
+        args.dst,
+        args.op,
+        ratio=ratio,
+        seed=args.seed,
+        splits=args.splits,
+        width=args.width,
+        progress=not args.quiet,
     )
     print(f"{args.op} dataset written to {root}")
     return 0
@@ -49,8 +63,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
             print(p)
         raise DataError(f"{len(problems)} problem(s) in {args.root} split '{args.split}'")
     kinds = [k for k in ("mask", "scribble", "pseudo") if dataset.has(k)]
-    print(f"{args.root} split '{args.split}': {len(dataset)} samples, {dataset.num_classes} classes, "
-          f"labels: {', '.join(kinds) or 'none'}; all files readable and consistent")
+    print(
+        f"{args.root} split '{args.split}': {len(dataset)} samples, {dataset.num_classes} classes, "
+        f"labels: {', '.join(kinds) or 'none'}; all files readable and consistent"
+    )
     return 0
 
 
@@ -82,9 +98,12 @@ def cmd_sbd(args: argparse.Namespace) -> int:
 
 
 def add_data_parser(sub: argparse._SubParsersAction) -> None:
-    data = sub.add_parser("data", help="make, derive and check datasets",
-                          description="Dataset tools: synthetic data, simulated / shrunk / dropped scribbles, "
-                          "checks, tags and COCO label PNGs.")
+    data = sub.add_parser(
+        "data",
+        help="make, derive and check datasets",
+        description="Dataset tools: synthetic data, simulated / shrunk / dropped scribbles, "
+        "checks, tags and COCO label PNGs.",
+    )
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
 
     p = dsub.add_parser("synthetic", help="generate the synthetic shapes dataset (folder format)")
@@ -104,8 +123,12 @@ def add_data_parser(sub: argparse._SubParsersAction) -> None:
         "drop": "scribble-drop robustness set: remove a ratio of whole scribbles per image",
     }
     for op, text in helps.items():
-        p = dsub.add_parser(op, help=text, description=text + ". Writes a folder-format dataset whose "
-                            "dataset.json points back at the source's images and masks.")
+        p = dsub.add_parser(
+            op,
+            help=text,
+            description=text + ". Writes a folder-format dataset whose "
+            "dataset.json points back at the source's images and masks.",
+        )
         p.add_argument("src", help="source dataset (folder format)")
         p.add_argument("dst", help="destination folder")
         if op != "simulate":
@@ -131,15 +154,23 @@ def add_data_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="CSV file to write")
     p.set_defaults(func=cmd_tags)
 
-    p = dsub.add_parser("coco-labels", help="rasterise COCO instance annotations into label PNGs (0 bg, 1-80)")
+    p = dsub.add_parser(
+        "coco-labels", help="rasterise COCO instance annotations into label PNGs (0 bg, 1-80)"
+    )
     p.add_argument("annotations", help="instances_train2014.json or instances_val2014.json")
     p.add_argument("out", help="folder for {id}.png")
-    p.add_argument("--overlap", choices=["later", "ignore"], default="later",
-                   help="overlapping instances: the later one wins, or the overlap becomes ignore (255)")
+    p.add_argument(
+        "--overlap",
+        choices=["later", "ignore"],
+        default="later",
+        help="overlapping instances: the later one wins, or the overlap becomes ignore (255)",
+    )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_coco_labels)
 
-    p = dsub.add_parser("sbd-to-png", help="convert SBD's cls/*.mat masks into label PNGs (for SegmentationClassAug)")
+    p = dsub.add_parser(
+        "sbd-to-png", help="convert SBD's cls/*.mat masks into label PNGs (for SegmentationClassAug)"
+    )
     p.add_argument("sbd_cls_dir", help="benchmark_RELEASE/dataset/cls")
     p.add_argument("out", help="folder for {id}.png (e.g. VOC2012/SegmentationClassAug)")
     p.set_defaults(func=cmd_sbd)

@@ -79,11 +79,14 @@ class TrainConfig:
 
     steps: int = 1000
     batch_size: int = 8
-    max_minutes: float | None = None  # stop early after this wall-clock budget (the step count still sets the schedule)
+    max_minutes: float | None = (
+        None  # stop early after this wall-clock budget (the step count still sets the schedule)
+    )
     amp: str = "auto"  # auto (bf16 on CUDA, none on CPU) | none | bf16 | fp16
     compile: bool = False
     val_every: int = 500
     ckpt_every: int = 500
+    keep_every: int | None = None  # also keep step_<N>.ckpt every this many steps (last.ckpt is overwritten)
     log_every: int = 10
     seed: int = 0
     deterministic: bool = False
@@ -199,9 +202,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             merged = _merge(merged, dot, f"override '{item}'")
 
     method = OmegaConf.create({"name": "pce"})
-    where = "config"
-    for part, where in method_parts:
+    where = "config"  # names the last place that set method keys, for error messages
+    for part, part_where in method_parts:
         if part is not None:
+            where = part_where
             if not isinstance(part, dict):
                 part = {"name": part}  # "method=rloss" shorthand
             if "name" in part and part["name"] != method.get("name"):
@@ -226,19 +230,31 @@ def _check_values(cfg: Config) -> None:
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"config key '{key}' is '{value}'; expected one of {', '.join(allowed)}")
-    for key, value in {"data.crop_size": cfg.data.crop_size, "data.resize": cfg.data.resize,
-                       "eval.resize": cfg.eval.resize}.items():
+    for key, value in {
+        "data.crop_size": cfg.data.crop_size,
+        "data.resize": cfg.data.resize,
+        "eval.resize": cfg.eval.resize,
+    }.items():
         if value is not None and (len(value) != 2 or min(value) <= 0):
             raise ConfigError(f"config key '{key}' is {value}; expected [height, width] of positive integers")
     if len(cfg.data.scale_range) != 2 or not 0 < cfg.data.scale_range[0] <= cfg.data.scale_range[1]:
-        raise ConfigError(f"config key 'data.scale_range' is {cfg.data.scale_range}; expected [min, max] with 0 < min <= max")
-    for key, value in {"train.steps": cfg.train.steps, "train.batch_size": cfg.train.batch_size,
-                       "train.val_every": cfg.train.val_every, "train.ckpt_every": cfg.train.ckpt_every,
-                       "train.log_every": cfg.train.log_every}.items():
+        raise ConfigError(
+            f"config key 'data.scale_range' is {cfg.data.scale_range}; "
+            "expected [min, max] with 0 < min <= max"
+        )
+    for key, value in {
+        "train.steps": cfg.train.steps,
+        "train.batch_size": cfg.train.batch_size,
+        "train.val_every": cfg.train.val_every,
+        "train.ckpt_every": cfg.train.ckpt_every,
+        "train.log_every": cfg.train.log_every,
+    }.items():
         if value <= 0:
             raise ConfigError(f"config key '{key}' is {value}; expected a positive integer")
     if cfg.model.output_stride not in (8, 16, 32):
-        raise ConfigError(f"config key 'model.output_stride' is {cfg.model.output_stride}; expected 8, 16 or 32")
+        raise ConfigError(
+            f"config key 'model.output_stride' is {cfg.model.output_stride}; expected 8, 16 or 32"
+        )
     if not cfg.eval.scales or min(cfg.eval.scales) <= 0:
         raise ConfigError(f"config key 'eval.scales' is {cfg.eval.scales}; expected positive scale factors")
 

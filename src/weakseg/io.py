@@ -63,7 +63,9 @@ def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write(path, lambda p: torch.save(obj, p))
 
 
-def atomic_save_label_png(path: str | os.PathLike, label: np.ndarray, palette: np.ndarray | None = None) -> Path:
+def atomic_save_label_png(
+    path: str | os.PathLike, label: np.ndarray, palette: np.ndarray | None = None
+) -> Path:
     """Write a uint8 label map [H, W] as a (palette) PNG, atomically."""
     if label.ndim != 2:
         raise ValueError(f"{path}: a label map must be 2-D [H, W], got shape {label.shape}")
@@ -78,7 +80,9 @@ def atomic_save_label_png(path: str | os.PathLike, label: np.ndarray, palette: n
 def atomic_save_image(path: str | os.PathLike, image: np.ndarray) -> Path:
     """Write a uint8 image [H, W, 3] or [H, W] in the format the suffix names, atomically."""
     img = Image.fromarray(np.ascontiguousarray(image.astype(np.uint8)))
-    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP"}.get(Path(path).suffix.lower(), "PNG")
+    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP"}.get(
+        Path(path).suffix.lower(), "PNG"
+    )
     return atomic_write(path, lambda p: img.save(p, format=fmt))
 
 
@@ -97,6 +101,15 @@ def read_image(path: str | os.PathLike, mode: str = "RGB") -> np.ndarray:
         raise DataError(f"cannot read image {path}: {err}") from err
 
 
+def read_image_rgb(path: str | os.PathLike, mode: str = "RGB") -> np.ndarray:
+    """Read an image as writable uint8 [H, W, 3]; with mode "L" the gray channel is replicated ×3
+    (the models' input is always three channels)."""
+    img = read_image(path, mode=mode)
+    if img.ndim == 2:
+        return np.repeat(img[:, :, None], 3, axis=2)
+    return np.array(img)  # a writable copy (PIL's buffer is read-only)
+
+
 def read_label(path: str | os.PathLike) -> np.ndarray:
     """Read a label PNG as uint8 [H, W] of class ids (palette indices, or gray values).
 
@@ -111,7 +124,9 @@ def read_label(path: str | os.PathLike) -> np.ndarray:
                 arr = np.asarray(img)
             else:
                 arr = np.asarray(img.convert("RGB"))
-                if not (np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 0], arr[..., 2])):
+                if not (
+                    np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 0], arr[..., 2])
+                ):
                     raise DataError(
                         f"label file {path} is a colour image; expected one channel of class ids "
                         "(mode L or P), or three identical channels"

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from weakseg.data.tags import load_tags_file, resolve_background, tags_from_label, with_background
-from weakseg.io import DataError, read_image, read_label
+from weakseg.io import DataError, read_image_rgb, read_label
 
 IGNORE_INDEX = 255
 # Keys with a fixed meaning in a sample; label maps and float maps may not use them.
@@ -318,10 +318,7 @@ class SegDataset(torch.utils.data.Dataset):
         return self._sources[key].path(self.ids[self._index(index)])
 
     def _read_image(self, sample_id: str) -> np.ndarray:
-        img = read_image(self._image_path(sample_id), mode=self.image_mode)
-        if img.ndim == 2:
-            return np.repeat(img[:, :, None], 3, axis=2)
-        return np.array(img)  # a writable copy (PIL's buffer is read-only)
+        return read_image_rgb(self._image_path(sample_id), mode=self.image_mode)
 
     def _read_label(
         self, source: LabelSource, sample_id: str, image_size: tuple[int, int] | None

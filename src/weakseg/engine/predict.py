@@ -11,15 +11,9 @@ from torch import nn
 from tqdm import tqdm
 
 from weakseg.config import EvalConfig
+from weakseg.data.base import to_tensors
 from weakseg.engine.inference import predict_labels
-from weakseg.io import atomic_save_label_png, read_image
-
-
-def image_to_tensor(image: np.ndarray) -> torch.Tensor:
-    """uint8 [H, W] or [H, W, 3] → float32 [3, H, W] in [0, 1] (gray replicated), the model's input."""
-    if image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=2)
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0
+from weakseg.io import atomic_save_label_png, read_image_rgb
 
 
 def predict_files(
@@ -41,20 +35,24 @@ def predict_files(
     palette = make_palette()
     written = []
     for path in tqdm(files, desc="predict", disable=not progress):
-        image = read_image(path, image_mode or "RGB")
-        x = image_to_tensor(image)[None].to(device)
-        pred = predict_labels(
-            model,
-            x,
-            scales=tuple(eval_cfg.scales),
-            flip=eval_cfg.flip,
-            window=eval_cfg.window,
-            window_stride=eval_cfg.window_stride,
-            resize=tuple(eval_cfg.resize) if eval_cfg.resize else None,
-        )[0].cpu().numpy().astype(np.uint8)
+        image = read_image_rgb(path, image_mode or "RGB")
+        x = to_tensors({"image": image})["image"][None].to(device)
+        pred = (
+            predict_labels(
+                model,
+                x,
+                scales=tuple(eval_cfg.scales),
+                flip=eval_cfg.flip,
+                window=eval_cfg.window,
+                window_stride=eval_cfg.window_stride,
+                resize=tuple(eval_cfg.resize) if eval_cfg.resize else None,
+            )[0]
+            .cpu()
+            .numpy()
+            .astype(np.uint8)
+        )
         mask_path = out_dir / f"{path.stem}.png"
         atomic_save_label_png(mask_path, pred, palette)
-        rgb = image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2)
-        save_overlay(out_dir / f"{path.stem}_overlay.jpg", rgb, pred)
+        save_overlay(out_dir / f"{path.stem}_overlay.jpg", image, pred)
         written.append(mask_path)
     return written

@@ -94,7 +94,11 @@ class MetricsLog:
     def __init__(self, path: Path, resume_step: int | None, tensorboard: bool):
         self.path = path
         if resume_step is not None and path.exists():
-            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step]
+            kept = [
+                line
+                for line in path.read_text().splitlines()
+                if line and json.loads(line)["step"] <= resume_step
+            ]
             atomic_write_text(path, "".join(line + "\n" for line in kept))
         elif path.exists():
             path.unlink()
@@ -105,7 +109,10 @@ class MetricsLog:
 
                 self.writer = SummaryWriter(str(path.parent / "tensorboard"))
             except ImportError:
-                warnings.warn("train.tensorboard is on but tensorboard is not installed; logging to JSON only", stacklevel=2)
+                warnings.warn(
+                    "train.tensorboard is on but tensorboard is not installed; logging to JSON only",
+                    stacklevel=2,
+                )
 
     def write(self, row: dict[str, Any]) -> None:
         with self.path.open("a", encoding="utf-8") as fh:
@@ -121,7 +128,11 @@ class MetricsLog:
 
 
 def _validation_row(metrics: dict[str, Any], step: int) -> dict[str, Any]:
-    row: dict[str, Any] = {"step": step, "val/mIoU": metrics["mIoU"], "val/pixel_accuracy": metrics["pixel_accuracy"]}
+    row: dict[str, Any] = {
+        "step": step,
+        "val/mIoU": metrics["mIoU"],
+        "val/pixel_accuracy": metrics["pixel_accuracy"],
+    }
     if "mean_Dice" in metrics:
         row["val/mean_Dice"] = metrics["mean_Dice"]
     if "volume_Dice" in metrics:
@@ -129,7 +140,9 @@ def _validation_row(metrics: dict[str, Any], step: int) -> dict[str, Any]:
     return row
 
 
-def write_overlays(model: nn.Module, dataset: SegDataset, out_dir: Path, cfg: Config, device: torch.device) -> None:
+def write_overlays(
+    model: nn.Module, dataset: SegDataset, out_dir: Path, cfg: Config, device: torch.device
+) -> None:
     """Prediction overlays (image | prediction | ground truth) of the first validation samples."""
     from weakseg.viz import save_overlay
 
@@ -149,8 +162,14 @@ def write_overlays(model: nn.Module, dataset: SegDataset, out_dir: Path, cfg: Co
         save_overlay(out_dir / f"{sample['id']}.jpg", image, pred.numpy(), gt=gt)
 
 
-def _run_validation(model: nn.Module, dataset: SegDataset, cfg: Config, device: torch.device, progress: bool,
-                    save_dir: Path | None = None) -> dict[str, Any]:
+def _run_validation(
+    model: nn.Module,
+    dataset: SegDataset,
+    cfg: Config,
+    device: torch.device,
+    progress: bool,
+    save_dir: Path | None = None,
+) -> dict[str, Any]:
     return evaluate(
         model,
         dataset,
@@ -224,12 +243,21 @@ def _train(cfg: Config, info: DistInfo, *, resume: str | Path | None, progress: 
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
-    log = MetricsLog(run_dir / "metrics.jsonl", start_step if ckpt else None, cfg.train.tensorboard) if info.is_main else None
+    log = (
+        MetricsLog(run_dir / "metrics.jsonl", start_step if ckpt else None, cfg.train.tensorboard)
+        if info.is_main
+        else None
+    )
 
     total = cfg.train.steps
     sampler = StepBatchSampler(
-        len(train_set), cfg.train.batch_size, total, seed=cfg.train.seed, start_step=start_step,
-        rank=info.rank, world_size=info.world_size,
+        len(train_set),
+        cfg.train.batch_size,
+        total,
+        seed=cfg.train.seed,
+        start_step=start_step,
+        rank=info.rank,
+        world_size=info.world_size,
     )
     loader = DataLoader(
         EpochIndexed(train_set),
@@ -264,16 +292,19 @@ def _train(cfg: Config, info: DistInfo, *, resume: str | Path | None, progress: 
         )
 
     started = time.monotonic()
-    window_start, window_images = time.monotonic(), 0
+    window_start, window_images, paused = time.monotonic(), 0, 0.0
     stopped_early = False
     step = start_step
-    bar = tqdm(total=total, initial=start_step, desc=f"train {cfg.name}", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=total, initial=start_step, desc=f"train {cfg.name}", disable=not progress, dynamic_ncols=True
+    )
     train_module.train()
     for batch in loader:
         batch = move_batch(batch, dev)
         if cfg.model.channels_last:
             batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
         lr = apply_lr(optimizer, step, total, cfg.optim)
+        module.method.set_progress(step, total)
         with autocast:
             losses = train_module(batch)
         loss = torch.stack([v.float() for v in losses.values()]).sum()
@@ -292,21 +323,26 @@ def _train(cfg: Config, info: DistInfo, *, resume: str | Path | None, progress: 
             values = reduce_mean({"loss": loss.detach(), **{k: v.detach() for k, v in losses.items()}}, info)
             values = {k: float(v) for k, v in values.items()}
             if not math.isfinite(values["loss"]):
-                raise FloatingPointError(f"loss became {values['loss']} at step {step} ({values}); lower optim.lr?")
-            elapsed = time.monotonic() - window_start
+                raise FloatingPointError(
+                    f"loss became {values['loss']} at step {step} ({values}); lower optim.lr?"
+                )
+            elapsed = time.monotonic() - window_start - paused
             row = {"step": step, "lr": lr, **values, "images_per_s": window_images / max(elapsed, 1e-9)}
-            window_start, window_images = time.monotonic(), 0
+            window_start, window_images, paused = time.monotonic(), 0, 0.0
             if log is not None:
                 log.write(row)
             bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{lr:.2e}")
 
-        out_of_time = cfg.train.max_minutes is not None and (time.monotonic() - started) / 60 >= cfg.train.max_minutes
-        if info.enabled:  # every process must agree on stopping
+        out_of_time = (
+            cfg.train.max_minutes is not None and (time.monotonic() - started) / 60 >= cfg.train.max_minutes
+        )
+        if info.enabled and cfg.train.max_minutes is not None:  # every process must agree on stopping
             flag = torch.tensor(float(out_of_time), device=dev)
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
             out_of_time = bool(flag.item())
         finished = step == total or out_of_time
         if step % cfg.train.val_every == 0 and not finished:
+            val_started = time.monotonic()
             if info.is_main:
                 metrics = _run_validation(module.model, val_set, cfg, dev, progress=False)
                 train_module.train()
@@ -317,8 +353,11 @@ def _train(cfg: Config, info: DistInfo, *, resume: str | Path | None, progress: 
                     best_score = score
                     checkpoint("best.ckpt", step)
             barrier(info)
+            paused += time.monotonic() - val_started  # throughput excludes validation time
         if (step % cfg.train.ckpt_every == 0 or finished) and info.is_main:
             checkpoint("last.ckpt", step)
+        if cfg.train.keep_every and step % cfg.train.keep_every == 0 and info.is_main:
+            checkpoint(f"step_{step:07d}.ckpt", step)
         if out_of_time and step < total:
             stopped_early = True
             break
@@ -345,7 +384,9 @@ def _train(cfg: Config, info: DistInfo, *, resume: str | Path | None, progress: 
     return TrainResult(run_dir=run_dir, step=step, metrics=metrics, stopped_early=stopped_early)
 
 
-def load_trained_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Segmentor, Config, dict[str, Any]]:
+def load_trained_model(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[Segmentor, Config, dict[str, Any]]:
     """A segmentor restored from a weakseg checkpoint, in eval mode, with its config and class info."""
     from weakseg.config import config_from_dict
 

@@ -36,6 +36,14 @@ class Method(nn.Module):
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.background = background
+        self.step, self.total_steps = 0, 1
+
+    def set_progress(self, step: int, total_steps: int) -> None:
+        """Called by the engine before every training step (0-based ``step`` of ``total_steps``).
+
+        Methods with schedules of their own (warm-ups, ramps) read ``self.step / self.total_steps``.
+        """
+        self.step, self.total_steps = step, total_steps
 
     def forward(self, outputs: dict[str, Any], batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Return ``{term_name: weighted scalar loss}``; the engine optimises their sum.
@@ -76,8 +84,9 @@ def build_method(
     field_names = {f.name for f in dataclasses.fields(cls.Params)}
     unknown = set(spec) - field_names
     if unknown:
-        raise KeyError(f"method '{cls.name}' has no parameter(s) {sorted(unknown)}; its parameters: {sorted(field_names)}")
+        raise KeyError(
+            f"method '{cls.name}' has no parameter(s) {sorted(unknown)}; "
+            f"its parameters: {sorted(field_names)}"
+        )
     params = cls.Params(**spec)
     return cls(params, num_classes=num_classes, ignore_index=ignore_index, background=background)
-
-
