@@ -9,11 +9,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+from torch import nn
+
 from weakseg.config import Config, ConfigError
 from weakseg.data import COCODataset, FolderDataset, SegDataset, VOCDataset
 from weakseg.data.transforms import build_eval_transform, build_train_transform
 from weakseg.methods import Method, build_method, get_method_class
-from weakseg.models import Segmentor, create_segmentor
+from weakseg.models import create_segmentor
 
 
 def build_dataset(cfg: Config, split: str, *, train: bool, requires: Iterable[str] = ()) -> SegDataset:
@@ -70,19 +72,25 @@ def method_requires(cfg: Config) -> tuple[str, ...]:
     return tuple(method.requires)
 
 
-def build_model(cfg: Config, num_classes: int, *, pretrained: bool = True) -> Segmentor:
-    """The segmentor of ``cfg.model``.
+def build_model(cfg: Config, num_classes: int, *, pretrained: bool = True) -> nn.Module:
+    """The network the configured method trains: a segmentor, or a CAM classifier for
+    image-level methods (``Method.model_kind == "classifier"``; ``model.head`` is then ignored).
 
     ``pretrained=False`` skips weight loading (when a checkpoint's weights follow).
     """
     m = cfg.model
-    return create_segmentor(
-        backbone=m.backbone,
-        head=m.head,
+    common = dict(
         num_classes=num_classes,
         pretrained=m.pretrained if pretrained else None,
         output_stride=m.output_stride,
+        frozen_stages=m.frozen_stages,
+        freeze_bn=m.freeze_bn,
     )
+    if get_method_class(cfg.method["name"]).model_kind == "classifier":
+        from weakseg.models.classifier import create_cam_classifier
+
+        return create_cam_classifier(backbone=m.backbone, **common)
+    return create_segmentor(backbone=m.backbone, head=m.head, **common)
 
 
 def build_method_for(cfg: Config, dataset: SegDataset) -> Method:

@@ -53,6 +53,8 @@ class ModelConfig:
     head: str = "deeplabv3plus"
     pretrained: str | None = "imagenet"  # imagenet | a local weights file | null
     output_stride: int = 16
+    frozen_stages: int = 0  # freeze the stem (1) and the first stages (2, 3, ...) of the backbone
+    freeze_bn: bool = False  # keep the backbone's BatchNorm statistics and affine parameters fixed
     channels_last: bool = False
 
 

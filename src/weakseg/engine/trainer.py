@@ -47,6 +47,7 @@ class TrainModule(nn.Module):
         self.method = method
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        batch = self.method.prepare_batch(batch)
         outputs = self.model(batch["image"])
         return self.method(outputs, batch)
 
@@ -168,8 +169,13 @@ def _run_validation(
     cfg: Config,
     device: torch.device,
     progress: bool,
-    save_dir: Path | None = None,
+    method: Method | None = None,
 ) -> dict[str, Any]:
+    """The method's own validation when it has one, else segmentation metrics of ``model``."""
+    if method is not None:
+        metrics = method.validate(model, dataset, cfg.eval, device)
+        if metrics is not None:
+            return metrics
     return evaluate(
         model,
         dataset,
@@ -181,7 +187,6 @@ def _run_validation(
         resize=tuple(cfg.eval.resize) if cfg.eval.resize else None,
         volume_dice=cfg.eval.volume_dice,
         batch_size=cfg.eval.batch_size,
-        save_dir=save_dir,
         progress=progress,
     )
 
@@ -344,7 +349,9 @@ def _train(cfg: Config, info: DistInfo, *, resume: str | Path | None, progress: 
         if step % cfg.train.val_every == 0 and not finished:
             val_started = time.monotonic()
             if info.is_main:
-                metrics = _run_validation(module.model, val_set, cfg, dev, progress=False)
+                metrics = _run_validation(
+                    module.model, val_set, cfg, dev, progress=False, method=module.method
+                )
                 train_module.train()
                 assert log is not None
                 log.write(_validation_row(metrics, step))
@@ -365,7 +372,7 @@ def _train(cfg: Config, info: DistInfo, *, resume: str | Path | None, progress: 
 
     metrics: dict[str, Any] = {}
     if info.is_main:
-        metrics = _run_validation(module.model, val_set, cfg, dev, progress=progress)
+        metrics = _run_validation(module.model, val_set, cfg, dev, progress=progress, method=module.method)
         assert log is not None
         log.write(_validation_row(metrics, step))
         log.close()

@@ -29,6 +29,7 @@ class Method(nn.Module):
     name: ClassVar[str] = ""
     Params: ClassVar[type] = NoParams
     requires: ClassVar[tuple[str, ...]] = ()
+    model_kind: ClassVar[str] = "segmentor"  # "segmentor" or "classifier" (image-level CAM networks)
 
     def __init__(self, params: Any, num_classes: int, ignore_index: int = 255, background: int | None = 0):
         super().__init__()
@@ -44,6 +45,20 @@ class Method(nn.Module):
         Methods with schedules of their own (warm-ups, ramps) read ``self.step / self.total_steps``.
         """
         self.step, self.total_steps = step, total_steps
+
+    def prepare_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Called on the device batch before the model's forward (e.g. to append image-bank samples)."""
+        return batch
+
+    def validate(
+        self, model: nn.Module, dataset: Any, eval_cfg: Any, device: torch.device
+    ) -> dict[str, Any] | None:
+        """Validation metrics for this method, or None to use the engine's segmentation evaluation.
+
+        Image-level methods override this (e.g. CAM seed mIoU with the ground-truth tags); the
+        returned dict must hold "mIoU" (used to pick ``best.ckpt``) and "per_class_IoU".
+        """
+        return None
 
     def forward(self, outputs: dict[str, Any], batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Return ``{term_name: weighted scalar loss}``; the engine optimises their sum.
