@@ -83,6 +83,7 @@ def _print_summary(metrics: dict, run_dir: Path) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from weakseg.builders import build_dataset
     from weakseg.engine.evaluation import evaluate, write_evaluation_report
+    from weakseg.engine.inference import inference_options
     from weakseg.engine.trainer import load_trained_model
 
     device = _device(args.device)
@@ -95,11 +96,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         model,
         dataset,
         device=device,
-        scales=tuple(cfg.eval.scales),
-        flip=cfg.eval.flip,
-        window=cfg.eval.window,
-        window_stride=cfg.eval.window_stride,
-        resize=tuple(cfg.eval.resize) if cfg.eval.resize else None,
+        **inference_options(cfg.eval),
         volume_dice=cfg.eval.volume_dice,
         batch_size=cfg.eval.batch_size,
         save_dir=out / "predictions" if args.save_predictions else None,

@@ -128,3 +128,10 @@ def test_method_progress_hook_sees_every_step(tiny_data, tmp_path, monkeypatch):
     monkeypatch.setattr(PartialCE, "set_progress", spy)
     train(tiny_config(tiny_data, tmp_path / "e"), device="cpu", progress=False)
     assert seen == [(0, 4), (1, 4), (2, 4), (3, 4)]
+
+
+def test_bf16_autocast_and_gradient_clipping_train(tiny_data, tmp_path):
+    cfg = tiny_config(tiny_data, tmp_path / "f", "train.amp=bf16", "optim.grad_clip=1.0", "train.steps=2")
+    result = train(cfg, device="cpu", progress=False)
+    losses = loss_rows(result.run_dir)
+    assert set(losses) == {1, 2} and all(torch.isfinite(torch.tensor(v)) for v in losses.values())

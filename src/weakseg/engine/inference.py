@@ -189,3 +189,14 @@ def predict_probs(
 def predict_labels(model: nn.Module, images: torch.Tensor, **kwargs: Any) -> torch.Tensor:
     """Arg-max of :func:`predict_probs` (same keyword arguments) -> int64 ``[B, H', W']``."""
     return predict_probs(model, images, **kwargs).argmax(dim=1)
+
+
+def inference_options(eval_cfg: Any) -> dict[str, Any]:
+    """The :func:`predict_probs` keyword arguments set by an ``EvalConfig`` (scales, flip, window, resize)."""
+    return {
+        "scales": tuple(eval_cfg.scales),
+        "flip": eval_cfg.flip,
+        "window": eval_cfg.window,
+        "window_stride": eval_cfg.window_stride,
+        "resize": tuple(eval_cfg.resize) if eval_cfg.resize else None,
+    }

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from weakseg.config import EvalConfig
 from weakseg.data.base import to_tensors
-from weakseg.engine.inference import predict_labels
+from weakseg.engine.inference import inference_options, predict_labels
 from weakseg.io import atomic_save_label_png, read_image_rgb
 
 
@@ -37,20 +37,7 @@ def predict_files(
     for path in tqdm(files, desc="predict", disable=not progress):
         image = read_image_rgb(path, image_mode or "RGB")
         x = to_tensors({"image": image})["image"][None].to(device)
-        pred = (
-            predict_labels(
-                model,
-                x,
-                scales=tuple(eval_cfg.scales),
-                flip=eval_cfg.flip,
-                window=eval_cfg.window,
-                window_stride=eval_cfg.window_stride,
-                resize=tuple(eval_cfg.resize) if eval_cfg.resize else None,
-            )[0]
-            .cpu()
-            .numpy()
-            .astype(np.uint8)
-        )
+        pred = predict_labels(model, x, **inference_options(eval_cfg))[0].cpu().numpy().astype(np.uint8)
         mask_path = out_dir / f"{path.stem}.png"
         atomic_save_label_png(mask_path, pred, palette)
         save_overlay(out_dir / f"{path.stem}_overlay.jpg", image, pred)

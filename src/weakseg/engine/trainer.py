@@ -30,7 +30,7 @@ from weakseg.data.base import SegDataset
 from weakseg.engine.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from weakseg.engine.distributed import DistInfo, barrier, cleanup_distributed, reduce_mean, setup_distributed
 from weakseg.engine.evaluation import evaluate, write_evaluation_report
-from weakseg.engine.inference import predict_labels
+from weakseg.engine.inference import inference_options, predict_labels
 from weakseg.engine.optim import apply_lr, build_optimizer
 from weakseg.engine.sampling import EpochIndexed, StepBatchSampler
 from weakseg.io import atomic_write_text
@@ -151,13 +151,7 @@ def write_overlays(
     model.eval()
     for i in range(count):
         sample = dataset[i]
-        pred = predict_labels(
-            model,
-            sample["image"][None].to(device),
-            scales=tuple(cfg.eval.scales),
-            flip=cfg.eval.flip,
-            resize=tuple(cfg.eval.resize) if cfg.eval.resize else None,
-        )[0].cpu()
+        pred = predict_labels(model, sample["image"][None].to(device), **inference_options(cfg.eval))[0].cpu()
         image = (sample["image"].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
         gt = sample["mask"].numpy() if "mask" in sample else None
         save_overlay(out_dir / f"{sample['id']}.jpg", image, pred.numpy(), gt=gt)
@@ -180,11 +174,7 @@ def _run_validation(
         model,
         dataset,
         device=device,
-        scales=tuple(cfg.eval.scales),
-        flip=cfg.eval.flip,
-        window=cfg.eval.window,
-        window_stride=cfg.eval.window_stride,
-        resize=tuple(cfg.eval.resize) if cfg.eval.resize else None,
+        **inference_options(cfg.eval),
         volume_dice=cfg.eval.volume_dice,
         batch_size=cfg.eval.batch_size,
         progress=progress,
