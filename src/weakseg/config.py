@@ -86,6 +86,7 @@ class TrainConfig:
     )
     amp: str = "auto"  # auto (bf16 on CUDA, none on CPU) | none | bf16 | fp16
     compile: bool = False
+    find_unused_parameters: bool = False  # DDP: set when some parameters get no gradient (e.g. Swin + DeepLab)
     val_every: int = 500
     ckpt_every: int = 500
     keep_every: int | None = None  # also keep step_<N>.ckpt every this many steps (last.ckpt is overwritten)

@@ -30,7 +30,9 @@ SLOW = {
     ("vit_base_patch16", "deeplabv3plus"),
 }
 COMBOS = [
-    pytest.param(b, h, marks=[pytest.mark.slow] if (b, h) in SLOW else [], id=f"{b}-{h}")
+    pytest.param(
+        b, h, marks=[pytest.mark.slow] if (b, h) in SLOW or b.startswith("swin_base") else [], id=f"{b}-{h}"
+    )
     for b in available_backbones()
     for h in available_heads()
 ]
@@ -40,7 +42,8 @@ def _backbone(name: str) -> Backbone:
     """Backbones are built once per test session (their gradients are reset by each test)."""
     if name not in _CACHE:
         torch.manual_seed(0)
-        _CACHE[name] = create_backbone(name)
+        # Swin has no dilated variant: it only runs at its native output stride 32
+        _CACHE[name] = create_backbone(name, output_stride=32 if name.startswith("swin") else 16)
     backbone = _CACHE[name]
     backbone.zero_grad(set_to_none=True)
     return backbone
@@ -66,6 +69,9 @@ def test_forward_backward(backbone_name, head_name):
 
     (out["logits"].logsumexp(1).mean() + out["embedding"].mean()).backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    if backbone_name.startswith("swin") and head_name != "upernet":
+        # Swin normalises each returned stage separately; heads that skip a stage leave its norm unused
+        missing = [n for n in missing if not n.startswith("backbone.out_norms.")]
     assert missing == []
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 

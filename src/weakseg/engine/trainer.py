@@ -216,6 +216,7 @@ def _train(cfg: Config, info: DistInfo, *, resume: str | Path | None, progress: 
     ckpt = load_checkpoint(resume, map_location="cpu") if resume else None
     model = build_model(cfg, train_set.num_classes, pretrained=ckpt is None)
     method = build_method_for(cfg, train_set)
+    method.setup(model)
     module = TrainModule(model, method).to(dev)
     if cfg.model.channels_last:
         module = module.to(memory_format=torch.channels_last)
@@ -264,7 +265,11 @@ def _train(cfg: Config, info: DistInfo, *, resume: str | Path | None, progress: 
     )
     train_module: nn.Module = module
     if info.enabled:
-        train_module = DistributedDataParallel(module, device_ids=[dev.index] if dev.type == "cuda" else None)
+        train_module = DistributedDataParallel(
+            module,
+            device_ids=[dev.index] if dev.type == "cuda" else None,
+            find_unused_parameters=cfg.train.find_unused_parameters,
+        )
     if cfg.train.compile:
         train_module = torch.compile(train_module)
     if ckpt is not None:

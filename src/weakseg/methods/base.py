@@ -46,6 +46,10 @@ class Method(nn.Module):
         """
         self.step, self.total_steps = step, total_steps
 
+    def setup(self, model: nn.Module) -> None:
+        """Called once with the freshly built network, before it moves to the device, the optimiser
+        is built or a checkpoint is loaded (e.g. to size lazily built layers of method-owned heads)."""
+
     def prepare_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Called on the device batch before the model's forward (e.g. to append image-bank samples)."""
         return batch

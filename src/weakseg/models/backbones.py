@@ -14,6 +14,12 @@ name                   timm model                 levels (stride)       output_s
 ``efficientnet_lite0`` ``tf_efficientnet_lite0``  4, 8, 16, 32          8, 16 (dilated), 32
 ``vit_small_patch16``  ``vit_small_patch16_224``  16 (per out_index)    16
 ``vit_base_patch16``   ``vit_base_patch16_224``   16 (per out_index)    16
+``swin_base_patch4_    ``swin_base_patch4_        4, 8, 16, 32          32
+window12``             window12_384`` (IN-22K)
+``swin_base_patch4_    ``swin_base_patch4_        4, 8, 16, 32          32
+window7``              window7_224`` (IN-22K)
+``swin_tiny_patch4_    ``swin_tiny_patch4_        4, 8, 16, 32          32
+window7``              window7_224`` (IN-1K)
 =====================  =========================  ====================  =========================
 
 With ``output_stride=16`` the last stage runs at stride 16 with dilation 2; with 8 the last two stages
@@ -28,6 +34,7 @@ model (see :func:`weakseg.models.weights.load_pretrained`).
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -444,3 +451,143 @@ def vit_small_patch16(**kwargs) -> Backbone:
 def vit_base_patch16(**kwargs) -> Backbone:
     """ViT-B/16 (timm ``vit_base_patch16_224``), 768-dimensional stride-16 tokens."""
     return create_vit_backbone("vit_base_patch16", "vit_base_patch16_224", **kwargs)
+
+
+# --------------------------------------------------------------------------- Swin Transformers
+
+_SWIN_STAGES = (("patch_embed",), ("layers_0",), ("layers_1",), ("layers_2",), ("layers_3",))
+_SWIN_CLASSIFIER_PREFIXES = ("head.", "norm.")
+_SWIN_DROP_PATH_RATE = 0.3  # mmsegmentation's UperNet-Swin setting (tiny and base alike)
+
+
+class SwinBackbone(Backbone):
+    """A Swin Transformer (timm ``features_only``) returning its 4 stages as NCHW maps.
+
+    timm's Swin stages are channels-last (``[B, H, W, C]``); each is passed through its own LayerNorm (as
+    mmsegmentation's Swin does for every output stage; new, identity-initialised parameters that train with
+    the backbone) and permuted to ``[B, C, H, W]``. With ``strict_img_size=False`` timm pads every stage to
+    whole windows and rebuilds the shifted-window masks for the actual size, so any input size works
+    (an input whose sides are not multiples of the patch size 4 is zero-padded at the bottom/right first, as
+    for the ViTs; patch merging pads odd sides), so stage ``i`` has ``ceil(H/s_i) x ceil(W/s_i)`` cells.
+    Window sizes and shifts are chosen by timm from the construction size (224 or 384 px): e.g. no shift in
+    the last stage, as in ImageNet pre-training.
+    """
+
+    def __init__(self, model: nn.Module, **kwargs) -> None:
+        super().__init__(model, **kwargs)
+        self.out_norms = nn.ModuleList(nn.LayerNorm(c) for c in self.channels)
+        self.patch_size = int(model.patch_embed.patch_size[0])
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        """``x``: float ``[B, 3, H, W]``, normalised -> ``[B, C_i, ceil(H/s_i), ceil(W/s_i)]``, s_i 4..32."""
+        p = self.patch_size
+        pad_h, pad_w = -x.shape[-2] % p, -x.shape[-1] % p
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+        return [norm(f).permute(0, 3, 1, 2) for norm, f in zip(self.out_norms, self.model(x))]
+
+
+def _next_stage_downsample(match: re.Match) -> str:
+    return f"layers.{int(match.group(1)) + 1}.downsample"
+
+
+def _convert_swin(state: StateDict, model: nn.Module) -> StateDict:
+    """A full Swin checkpoint (timm, or the original Microsoft release) -> timm ``features_only`` names.
+
+    Drops the non-persistent buffers (``relative_position_index``, ``attn_mask``); the original release
+    keeps each patch-merging layer at the end of a stage where timm has it at the start of the next one, so
+    its ``layers.N.downsample`` becomes ``layers.N+1.downsample``; then ``layers.N.`` -> ``layers_N.``.
+    """
+    old_layout = "layers.0.downsample.reduction.weight" in state
+    out: StateDict = {}
+    for key, value in state.items():
+        if "relative_position_index" in key or "attn_mask" in key:
+            continue
+        if old_layout:
+            key = re.sub(r"^layers\.(\d+)\.downsample", _next_stage_downsample, key)
+        out[re.sub(r"^layers\.(\d+)\.", r"layers_\1.", key)] = value
+    return out
+
+
+def create_swin_backbone(
+    name: str,
+    timm_name: str,
+    *,
+    pretrained: Pretrained = None,
+    output_stride: int = 32,
+    frozen_stages: int = 0,
+    freeze_bn: bool = False,
+    drop_path_rate: float = _SWIN_DROP_PATH_RATE,
+    **timm_kwargs,
+) -> SwinBackbone:
+    """A 4-stage Swin backbone at strides 4, 8, 16, 32 (hierarchical: ``output_stride`` 32 only).
+
+    Args:
+        timm_name: timm model name with its pretrained tag (which ImageNet weights ``"imagenet"`` fetches).
+        drop_path_rate: stochastic depth; 0.3 as in mmsegmentation's UperNet-Swin configurations.
+        freeze_bn: accepted for a uniform interface; a Swin has no BatchNorm.
+        timm_kwargs: more timm options, e.g. ``img_size`` (the size timm picks windows and shifts for).
+
+    Stage groups for ``frozen_stages``: group 0 is the patch embedding, group ``i`` is stage ``i - 1``.
+    """
+    if output_stride != 32:
+        raise ValueError(
+            f"{name}: a Swin Transformer has output_stride 32 only (set model.output_stride=32), "
+            f"got {output_stride}"
+        )
+    _check_local_file(pretrained)
+    from_hub = pretrained == "imagenet"
+    model = _timm_model(
+        timm_name,
+        from_hub,
+        features_only=True,
+        out_indices=(0, 1, 2, 3),
+        strict_img_size=False,
+        drop_path_rate=drop_path_rate,
+        **timm_kwargs,
+    )
+    if pretrained is not None and not from_hub:
+        load_pretrained(
+            model,
+            pretrained,
+            ignore_prefixes=_SWIN_CLASSIFIER_PREFIXES,
+            convert=_convert_swin,
+            model_name=f"backbone '{name}' (timm '{timm_name}')",
+        )
+    info = model.feature_info
+    return SwinBackbone(
+        model,
+        name=name,
+        channels=info.channels(),
+        strides=info.reduction(),
+        mean=model.pretrained_cfg["mean"],
+        std=model.pretrained_cfg["std"],
+        output_stride=32,
+        stage_groups=_SWIN_STAGES,
+        frozen_stages=frozen_stages,
+        freeze_bn=freeze_bn,
+    )
+
+
+@register_backbone("swin_base_patch4_window12")
+def swin_base_patch4_window12(**kwargs) -> Backbone:
+    """Swin-B, window 12 (timm ``swin_base_patch4_window12_384``), ImageNet-22K weights, 128/256/512/1024 ch.
+
+    The backbone of the published UperNet-Swin results on VOC (mmsegmentation's ``swin_base_patch4_window12_
+    384_22k`` checkpoint = timm's ``ms_in22k`` tag).
+    """
+    return create_swin_backbone(
+        "swin_base_patch4_window12", "swin_base_patch4_window12_384.ms_in22k", **kwargs
+    )
+
+
+@register_backbone("swin_base_patch4_window7")
+def swin_base_patch4_window7(**kwargs) -> Backbone:
+    """Swin-B, window 7 (timm ``swin_base_patch4_window7_224``), ImageNet-22K weights, 128/256/512/1024 ch."""
+    return create_swin_backbone("swin_base_patch4_window7", "swin_base_patch4_window7_224.ms_in22k", **kwargs)
+
+
+@register_backbone("swin_tiny_patch4_window7")
+def swin_tiny_patch4_window7(**kwargs) -> Backbone:
+    """Swin-T, window 7 (timm ``swin_tiny_patch4_window7_224``), ImageNet-1K weights, 96/192/384/768 ch."""
+    return create_swin_backbone("swin_tiny_patch4_window7", "swin_tiny_patch4_window7_224.ms_in1k", **kwargs)

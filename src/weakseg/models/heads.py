@@ -264,3 +264,6 @@ def create_head(
     if num_classes < 1:
         raise ValueError(f"{name}: num_classes must be >= 1, got {num_classes}")
     return HEADS[name](list(in_channels), list(strides), num_classes, **kwargs)
+
+
+from weakseg.models import upernet as _upernet  # noqa: E402, F401  (registers HEADS["upernet"])
