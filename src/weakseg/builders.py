@@ -40,7 +40,12 @@ def build_dataset(cfg: Config, split: str, *, train: bool, requires: Iterable[st
     load_masks = not train or "mask" in requires
     if d.format == "folder":
         dataset: SegDataset = FolderDataset(
-            d.root, split, transform=transform, load_masks=load_masks, tags_source=d.tags
+            d.root,
+            split,
+            transform=transform,
+            load_masks=load_masks,
+            load_pseudo=train and "pseudo" in requires,
+            tags_source=d.tags,
         )
     elif d.format == "voc":
         dataset = VOCDataset(
@@ -55,7 +60,7 @@ def build_dataset(cfg: Config, split: str, *, train: bool, requires: Iterable[st
     else:
         dataset = COCODataset(d.root, split, transform=transform, load_masks=load_masks, tags_source=d.tags)
     dataset.seed = cfg.train.seed
-    if d.pseudo_dir:
+    if d.pseudo_dir and train and "pseudo" in requires:  # pseudo-labels exist for the training split
         dataset.add_label_dir("pseudo", Path(d.pseudo_dir))
     for key in sorted(requires):
         if not dataset.has(key):
@@ -72,7 +77,9 @@ def method_requires(cfg: Config) -> tuple[str, ...]:
     return tuple(method.requires)
 
 
-def build_model(cfg: Config, num_classes: int, *, pretrained: bool = True) -> nn.Module:
+def build_model(
+    cfg: Config, num_classes: int, *, background: int | None = 0, pretrained: bool = True
+) -> nn.Module:
     """The network the configured method trains: a segmentor, or a CAM classifier for
     image-level methods (``Method.model_kind == "classifier"``; ``model.head`` is then ignored).
 
@@ -86,11 +93,22 @@ def build_model(cfg: Config, num_classes: int, *, pretrained: bool = True) -> nn
         frozen_stages=m.frozen_stages,
         freeze_bn=m.freeze_bn,
     )
-    if get_method_class(cfg.method["name"]).model_kind == "classifier":
+    method_cls = get_method_class(cfg.method["name"])
+    if method_cls.model_kind == "classifier":
         from weakseg.models.classifier import create_cam_classifier
 
-        return create_cam_classifier(backbone=m.backbone, **common)
-    return create_segmentor(backbone=m.backbone, head=m.head, **common)
+        return create_cam_classifier(
+            backbone=m.backbone, background=background, **common, **method_cls.model_kwargs(cfg.method)
+        )
+    head_kwargs = {"channels": m.head_channels} if m.head_channels is not None else None
+    try:
+        return create_segmentor(backbone=m.backbone, head=m.head, head_kwargs=head_kwargs, **common)
+    except TypeError as err:
+        if head_kwargs and "channels" in str(err):
+            raise ConfigError(
+                f"model.head_channels is set but head '{m.head}' has no configurable width"
+            ) from err
+        raise
 
 
 def build_method_for(cfg: Config, dataset: SegDataset) -> Method:

@@ -53,6 +53,9 @@ class ModelConfig:
     head: str = "deeplabv3plus"
     pretrained: str | None = "imagenet"  # imagenet | a local weights file | null
     output_stride: int = 16
+    head_channels: int | None = (
+        None  # width of the head's hidden layers (DeepLabV3+ / UperNet); null = the head's default
+    )
     frozen_stages: int = 0  # freeze the stem (1) and the first stages (2, 3, ...) of the backbone
     freeze_bn: bool = False  # keep the backbone's BatchNorm statistics and affine parameters fixed
     channels_last: bool = False
@@ -86,7 +89,9 @@ class TrainConfig:
     )
     amp: str = "auto"  # auto (bf16 on CUDA, none on CPU) | none | bf16 | fp16
     compile: bool = False
-    find_unused_parameters: bool = False  # DDP: set when some parameters get no gradient (e.g. Swin + DeepLab)
+    find_unused_parameters: bool = (
+        False  # DDP: set when some parameters get no gradient (e.g. Swin + DeepLab)
+    )
     val_every: int = 500
     ckpt_every: int = 500
     keep_every: int | None = None  # also keep step_<N>.ckpt every this many steps (last.ckpt is overwritten)

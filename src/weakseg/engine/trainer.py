@@ -33,7 +33,7 @@ from weakseg.engine.evaluation import evaluate, write_evaluation_report
 from weakseg.engine.inference import inference_options, predict_labels
 from weakseg.engine.optim import apply_lr, build_optimizer
 from weakseg.engine.sampling import EpochIndexed, StepBatchSampler
-from weakseg.io import atomic_write_text
+from weakseg.io import atomic_write_json, atomic_write_text
 from weakseg.methods import Method
 from weakseg.models import Segmentor
 
@@ -48,7 +48,7 @@ class TrainModule(nn.Module):
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         batch = self.method.prepare_batch(batch)
-        outputs = self.model(batch["image"])
+        outputs = self.method.run_model(self.model, batch)
         return self.method(outputs, batch)
 
 
@@ -214,9 +214,13 @@ def _train(cfg: Config, info: DistInfo, *, resume: str | Path | None, progress: 
     val_set = build_dataset(cfg, cfg.data.val_split, train=False, requires=("mask",))
 
     ckpt = load_checkpoint(resume, map_location="cpu") if resume else None
-    model = build_model(cfg, train_set.num_classes, pretrained=ckpt is None)
+    model = build_model(cfg, train_set.num_classes, background=train_set.background, pretrained=ckpt is None)
     method = build_method_for(cfg, train_set)
     method.setup(model)
+    fitted = method.fit_dataset(train_set, batch_size=cfg.train.batch_size, progress=progress)
+    if fitted is not None and info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run_dir / "dataset_statistics.json", fitted)
     module = TrainModule(model, method).to(dev)
     if cfg.model.channels_last:
         module = module.to(memory_format=torch.channels_last)
@@ -394,7 +398,7 @@ def load_trained_model(
 
     ckpt = load_checkpoint(path, map_location="cpu")
     cfg = config_from_dict(ckpt["config"])
-    model = build_model(cfg, len(ckpt["classes"]), pretrained=False)
+    model = build_model(cfg, len(ckpt["classes"]), background=ckpt.get("background", 0), pretrained=False)
     model.load_state_dict(ckpt["model"])
     model.to(device).eval()
     meta = {k: ckpt.get(k) for k in ("classes", "ignore_index", "background", "step", "image_mode")}

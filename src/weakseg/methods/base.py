@@ -46,6 +46,21 @@ class Method(nn.Module):
         """
         self.step, self.total_steps = step, total_steps
 
+    @classmethod
+    def model_kwargs(cls, spec: dict[str, Any]) -> dict[str, Any]:
+        """Extra keyword arguments for the network factory, from the ``method`` config section
+        (e.g. a CAM classifier's extra heads)."""
+        return {}
+
+    def fit_dataset(self, dataset: Any, *, batch_size: int, progress: bool = True) -> dict[str, Any] | None:
+        """Called once with the training set before training (e.g. class statistics); returns what
+        it measured (logged in the run folder) or None."""
+        return None
+
+    def run_model(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
+        """The network outputs of one training step (default: one forward pass on ``batch["image"]``)."""
+        return model(batch["image"])
+
     def setup(self, model: nn.Module) -> None:
         """Called once with the freshly built network, before it moves to the device, the optimiser
         is built or a checkpoint is loaded (e.g. to size lazily built layers of method-owned heads)."""

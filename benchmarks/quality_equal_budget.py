@@ -1,0 +1,137 @@
+"""Methods side by side at one fixed training budget, on real data, CPU-sized.
+
+Each variant is a method config (``configs/<method>/<dataset>_effnetlite0.yaml``, EfficientNet-lite0 +
+DeepLabV3+) plus overrides; every variant trains for the same number of steps at the same batch size
+and seed, then is evaluated on the val split. Datasets:
+
+- ``acdc``: ``../shared/data/acdc-scribble`` (real human scribbles), per-volume 3-D Dice for RV, Myo, LV;
+- ``camvid``: ``../shared/data/camvid`` with scribbles simulated from the masks (made once, seed 0), mIoU.
+
+    .venv/bin/python benchmarks/quality_equal_budget.py --dataset acdc --variants pce full --steps 400
+    .venv/bin/python benchmarks/quality_equal_budget.py --dataset acdc --variants pce full --steps 600 \
+        --set data.resize=[128,128] data.crop_size=[128,128] eval.resize=[128,128]
+    .venv/bin/python benchmarks/quality_equal_budget.py --dataset camvid \\
+        --variants pce rloss gatedcrf dfr_shallow dfr_frozen dfr_dynamic dfr --steps 300
+
+Prints one row per variant (quality, training images/s, wall time) and each variant's quality and
+throughput relative to the first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from weakseg.config import load_config
+from weakseg.engine.trainer import train
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT / ".." / "shared" / "data"
+
+# name -> (method whose config folder is used, extra overrides)
+VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "pce": ("pce", []),
+    "full": ("full", []),
+    "rloss": ("rloss", []),
+    "gatedcrf": ("gatedcrf", []),
+    "dfr": ("dfr", []),
+    # the DFR ablation ladder (docs/dfr.md)
+    "dfr_shallow": ("dfr", ["method.deep_kernel=none", "method.consistency_head=false"]),
+    "dfr_frozen": ("dfr", ["method.deep_kernel=frozen", "method.consistency_head=false"]),
+    "dfr_dynamic": ("dfr", ["method.consistency_head=false"]),
+}
+
+
+def dataset_root(name: str, work: Path) -> Path:
+    if name == "acdc":
+        return SHARED / "acdc-scribble"
+    simulated = work / "data" / "camvid-scribbles"
+    if not (simulated / "dataset.json").is_file():
+        from weakseg.data.scribbles import write_scribble_variant
+
+        write_scribble_variant(SHARED / "camvid", simulated, "simulate", seed=0, progress=True)
+    return simulated
+
+
+def config_for(variant: str, dataset: str, root: Path, args: argparse.Namespace, out: Path):
+    method, extra = VARIANTS[variant]
+    path = ROOT / "configs" / method / f"{dataset}_effnetlite0.yaml"
+    switch = []
+    if not path.is_file():  # e.g. `full` on CamVid: the pce config with the method swapped
+        path = ROOT / "configs" / "pce" / f"{dataset}_effnetlite0.yaml"
+        switch = [f"method.name={method}"]
+    overrides = [
+        *switch,
+        *extra,
+        f"data.root={root}",
+        f"train.steps={args.steps}",
+        f"train.batch_size={args.batch_size}",
+        f"train.val_every={args.steps}",
+        f"train.ckpt_every={args.steps}",
+        f"train.seed={args.seed}",
+        f"data.num_workers={args.workers}",
+        "train.num_overlays=4",
+        f"out_dir={out / variant}",
+        *args.set,
+    ]
+    return load_config(path, overrides)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--dataset", choices=["acdc", "camvid"], default="acdc")
+    parser.add_argument("--variants", nargs="+", default=["pce", "full"], choices=sorted(VARIANTS))
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--out", default=str(ROOT / "runs" / "bench_quality"))
+    parser.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for every variant"
+    )
+    args = parser.parse_args()
+
+    out = Path(args.out) / args.dataset
+    root = dataset_root(args.dataset, Path(args.out))
+    rows = {}
+    for variant in args.variants:
+        cfg = config_for(variant, args.dataset, root, args, out)
+        start = time.perf_counter()
+        result = train(cfg, device="cpu", progress=False)
+        wall = time.perf_counter() - start
+        log = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+        speeds = [r["images_per_s"] for r in log if "images_per_s" in r][1:]  # first window has warm-up
+        m = result.metrics
+        row = {"mIoU": m["mIoU"], "img_s": sum(speeds) / max(1, len(speeds)), "wall_s": wall}
+        if "volume_Dice" in m:
+            row["per_class"] = m["volume_Dice"]["per_class"]
+            row["score"] = m["volume_Dice"]["mean_Dice"]
+        else:
+            row["per_class"] = m["per_class_IoU"]
+            row["score"] = m["mIoU"]
+        rows[variant] = row
+        print(f"{variant}: {json.dumps({k: v for k, v in row.items()})}", flush=True)
+
+    metric = "mean per-volume Dice" if args.dataset == "acdc" else "mIoU"
+    print(
+        f"\n{args.dataset} val, {metric}; {args.steps} steps x batch {args.batch_size}, seed {args.seed}, "
+        f"EfficientNet-lite0 + DeepLabV3+, CPU; overrides: {' '.join(args.set) or '-'}"
+    )
+    first = args.variants[0]
+    names = list(rows[first]["per_class"])
+    print(f"{'variant':12s}" + "".join(f"{n[:10]:>11s}" for n in names) + f"{'score':>8s}{'rel':>7s}"
+          f"{'img/s':>8s}{'rel':>7s}{'wall s':>8s}")  # fmt: skip
+    for variant, r in rows.items():
+        cells = "".join(f"{r['per_class'][n]:11.4f}" for n in names)
+        print(
+            f"{variant:12s}{cells}{r['score']:8.4f}{r['score'] / rows[first]['score']:7.3f}"
+            f"{r['img_s']:8.1f}{r['img_s'] / rows[first]['img_s']:7.2f}{r['wall_s']:8.0f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
