@@ -251,6 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_data_parser(sub)
 
+    from weakseg.cli_cam import add_cam_parsers
+
+    add_cam_parsers(sub)
+
     p = sub.add_parser("methods", help="list the training methods and their parameters")
     p.set_defaults(func=cmd_methods)
     return parser

@@ -4,6 +4,7 @@ from weakseg.losses.dense_crf import dense_crf_loss
 from weakseg.losses.dfr import dfr_regularized_loss, normalized_potts_loss
 from weakseg.losses.feature_consistency import pairwise_consistency_loss
 from weakseg.losses.gated_crf import GatedCRFKernel, gated_crf_loss
+from weakseg.losses.multilabel import multilabel_soft_margin_loss
 from weakseg.losses.pairwise_kernel import gaussian_affinity_apply, kernel_features_rgbxy
 from weakseg.losses.partial_ce import partial_cross_entropy
 
@@ -14,6 +15,7 @@ __all__ = [
     "gated_crf_loss",
     "gaussian_affinity_apply",
     "kernel_features_rgbxy",
+    "multilabel_soft_margin_loss",
     "normalized_potts_loss",
     "pairwise_consistency_loss",
     "partial_cross_entropy",

@@ -1,0 +1,411 @@
+"""Pseudo-labels from CAMs: SFC's IR-label rule with uncertain pixels left out, refined by a dense CRF.
+
+**Combined CAM.** ``M = Σ_k w_k M_k / Σ_k w_k`` over the stored CAM types
+(:func:`weakseg.cam.seeds.combine_cams`); SFC's IR labels use ``M_W + 0.7·M_P``, i.e.
+``--weights cam=1 cam_proto=0.7`` (the scale of the sum does not change the arg-max below, but it
+does change what a threshold means, so the thresholds here apply to the weighted mean in [0, 1]).
+
+**With a background class** (SFC.md §4 "IR labels", the code of ``cam2ir.py`` / IRN's
+``cam_to_ir_label``):
+
+1. confident foreground: arg-max over ``[t_fg, M_1 … M_n]`` (a constant background score beside
+   the tagged classes' maps), refined by the CRF -> map F (0 = background);
+2. confident background: the same with the lower score ``t_bg`` -> map G;
+3. the label is F's class where F is foreground; background where F and G are both background;
+   255 (ignore) where F says background but G foreground.
+
+SFC's network has a background channel of its own, which its code halves for step 2; the
+class-only CAMs here have none, so the background score is a constant as in IRN, whose defaults
+``t_fg = 0.30`` and ``t_bg = 0.05`` are used.
+
+**Without a background class** (every class is a foreground class, e.g. CamVid) there is no
+background to be confident about: the label is the arg-max over ``[t_u, M_1 … M_n]`` refined by the
+CRF, and pixels won by the constant ``t_u`` (no tagged class scores above it) are 255 (uncertain).
+
+**CRF.** ``crf="torch"`` is :func:`weakseg.postprocess.crf.dense_crf` on a label unary
+(pydensecrf's ``unary_from_labels`` with ``gt_prob`` 0.7, as ``crf_inference_label``), batched over
+both maps of several images on the GPU; ``"pydensecrf"`` runs the same through
+:func:`~weakseg.postprocess.crf.pydensecrf_reference` (CPU); ``"none"`` keeps the raw arg-max maps.
+Images with fewer tagged classes than others in a batch get extra label channels with a huge
+energy, which never win and send no messages, so each image's CRF is the one it would have alone.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import posixpath
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from weakseg.cam.seeds import check_dataset_matches, combine_cams, resolve_weights
+from weakseg.cam.store import CamRecord, cam_file, load_cam_meta, load_cams
+from weakseg.io import DataError, atomic_save_label_png, atomic_write_json
+from weakseg.metrics import ConfusionMatrix, nanmean, per_class_iou
+from weakseg.postprocess.crf import CRFParams, dense_crf, pydensecrf_reference, unary_from_labels
+from weakseg.viz import make_palette
+
+__all__ = [
+    "PseudoLabelParams",
+    "derived_dataset_json",
+    "ir_labels",
+    "make_pseudo_labels",
+]
+
+IGNORE_INDEX = 255
+CrfKind = Literal["torch", "pydensecrf", "none"]
+_PAD_ENERGY = 1e4  # unary of padding label channels: exp(-1e4) = 0, so they never win
+
+
+@dataclass(frozen=True)
+class PseudoLabelParams:
+    """Thresholds and refinement of :func:`ir_labels` (see the module doc).
+
+    Attributes:
+        fg_threshold: background score for the confident-foreground map (IRN's conf_fg_thres).
+        bg_threshold: background score for the confident-background map (IRN's conf_bg_thres).
+        uncertain_threshold: datasets without background: pixels whose best tagged class scores
+            no more than this are uncertain (255).
+        crf: "torch", "pydensecrf" or "none".
+        crf_params: dense-CRF settings (default IRN/SFC's ``crf_inference_label``).
+    """
+
+    fg_threshold: float = 0.30
+    bg_threshold: float = 0.05
+    uncertain_threshold: float = 0.30
+    crf: CrfKind = "torch"
+    crf_params: CRFParams = field(default_factory=CRFParams.pseudo_label)
+
+    def __post_init__(self) -> None:
+        if self.crf not in ("torch", "pydensecrf", "none"):
+            raise ValueError(f"crf must be 'torch', 'pydensecrf' or 'none', got {self.crf!r}")
+        if not self.bg_threshold <= self.fg_threshold:
+            raise ValueError(
+                f"bg_threshold ({self.bg_threshold}) must not exceed fg_threshold ({self.fg_threshold}): "
+                "the confident-background map must mark more foreground than the confident-foreground map"
+            )
+
+
+# --------------------------------------------------------------------------------------------------
+# The labelling rule
+# --------------------------------------------------------------------------------------------------
+def _argmax_with_constant(cams: torch.Tensor, score: float) -> torch.Tensor:
+    """Arg-max over ``[score, cams…]`` -> int64 ``[H, W]`` in 0..n (0 where nothing beats ``score``;
+    ties go to 0 as ``np.argmax`` does)."""
+    if cams.shape[0] == 0:
+        return torch.zeros(cams.shape[-2:], dtype=torch.long, device=cams.device)
+    peak, arg = cams.max(dim=0)
+    return torch.where(peak > score, arg + 1, torch.zeros_like(arg))
+
+
+def _crf_label_maps(
+    maps: Sequence[torch.Tensor],
+    num_labels: Sequence[int],
+    images: torch.Tensor,
+    params: PseudoLabelParams,
+) -> list[torch.Tensor]:
+    """CRF-refined label maps, IRN's ``crf_inference_label`` for each ``maps[i]`` (int64 [H, W] in
+    0..num_labels[i]-1) over ``images[i]`` (uint8 [3, H, W]); all maps share one size."""
+    if params.crf == "none":
+        return list(maps)
+    out: list[torch.Tensor | None] = [m if n < 2 else None for m, n in zip(maps, num_labels)]
+    todo = [i for i, n in enumerate(num_labels) if n >= 2]  # one label: nothing to decide
+    if not todo:
+        return list(maps)
+    k_max = max(num_labels[i] for i in todo)
+    unaries = []
+    for i in todo:
+        unary = unary_from_labels(maps[i][None], num_labels[i], params.crf_params.gt_prob)[0]
+        if num_labels[i] < k_max:
+            pad = unary.new_full((k_max - num_labels[i], *unary.shape[-2:]), _PAD_ENERGY)
+            unary = torch.cat([unary, pad])
+        unaries.append(unary)
+    unary_b = torch.stack(unaries)
+    image_b = images[todo]
+    if params.crf == "torch":
+        q = dense_crf(unary_b, image_b, params=params.crf_params, input_type="unary")
+    else:
+        q = pydensecrf_reference(unary_b, image_b, params=params.crf_params, input_type="unary")
+    refined = q.argmax(1).to(maps[0].device)
+    for j, i in enumerate(todo):
+        out[i] = refined[j]
+    return [m for m in out if m is not None]
+
+
+def ir_labels(
+    cams: Sequence[torch.Tensor],
+    keys: Sequence[np.ndarray | Sequence[int]],
+    images: torch.Tensor,
+    *,
+    background: int | None,
+    params: PseudoLabelParams = PseudoLabelParams(),
+) -> torch.Tensor:
+    """Pseudo-labels of a batch of images of one size (see the module doc).
+
+    Args:
+        cams: per image, the combined CAM ``[n_i, H, W]`` of its tagged foreground classes.
+        keys: per image, the ``[n_i]`` class indices of those channels.
+        images: uint8 ``[B, 3, H, W]`` (0..255) or float in [0, 1], for the CRF.
+        background: the dataset's background class, or None (no background: uncertain pixels 255).
+
+    Returns:
+        int64 ``[B, H, W]``: class ids, 255 where uncertain.
+    """
+    if len(cams) != images.shape[0] or len(keys) != len(cams):
+        raise ValueError(f"{len(cams)} CAMs, {len(keys)} key lists and {images.shape[0]} images differ")
+    alt = IGNORE_INDEX if background is None else background
+    first_score = params.uncertain_threshold if background is None else params.fg_threshold
+    maps, counts, luts = [], [], []
+    for cam, k in zip(cams, keys):
+        maps.append(_argmax_with_constant(cam, first_score))
+        counts.append(cam.shape[0] + 1)
+        luts.append(torch.as_tensor([alt, *[int(c) for c in k]], dtype=torch.long, device=cam.device))
+    if background is not None:  # the confident-background maps go through the CRF in the same batch
+        maps += [_argmax_with_constant(cam, params.bg_threshold) for cam in cams]
+        counts += counts
+    refined = _crf_label_maps(
+        maps, counts, torch.cat([images, images]) if background is not None else images, params
+    )
+    out = []
+    for i, lut in enumerate(luts):
+        fg_map = refined[i]
+        label = lut[fg_map]
+        if background is not None:
+            bg_map = refined[len(luts) + i]
+            label = torch.where(fg_map == 0, torch.full_like(label, IGNORE_INDEX), label)
+            label = torch.where((fg_map == 0) & (bg_map == 0), torch.full_like(label, background), label)
+        out.append(label)
+    return torch.stack(out)
+
+
+# --------------------------------------------------------------------------------------------------
+# A derived dataset folder
+# --------------------------------------------------------------------------------------------------
+def _point_back(target: Path, dst: Path) -> str:
+    """``target`` (an absolute path, possibly with ``{id}``) as written in ``dst/dataset.json``:
+    relative to ``dst`` when they share a folder below the filesystem root, else absolute (the
+    same rule as :func:`weakseg.data.scribbles.write_scribble_variant`)."""
+    if os.path.commonpath([target, dst]) == target.anchor:
+        return target.as_posix()
+    return posixpath.normpath(Path(os.path.relpath(target, dst)).as_posix())
+
+
+def _pattern_from_paths(path: Path, sample_id: str) -> Path:
+    """An absolute ``{id}`` pattern from one file path of a sample (its last occurrence of the id)."""
+    text = str(path.resolve())
+    at = text.rfind(sample_id)
+    if at < 0:
+        raise DataError(f"cannot derive a file pattern: {text} does not contain the sample id {sample_id!r}")
+    return Path(text[:at] + "{id}" + text[at + len(sample_id) :])
+
+
+def _source_layout(dataset: Any) -> dict[str, Path]:
+    """Absolute file patterns of the dataset's images, masks, scribbles (and tags file)."""
+    spec = getattr(dataset, "spec", None)
+    root = Path(dataset.root).resolve()
+    if spec is not None:  # folder format: its own layout
+        return {
+            key: Path(pattern) if posixpath.isabs(pattern) else root / pattern
+            for key, pattern in spec.layout.items()
+            if key != "pseudo"
+        }
+    first = dataset.ids[0]
+    layout = {"images": _pattern_from_paths(dataset.image_path(0), first)}
+    for key, layout_key in (("mask", "masks"), ("scribble", "scribbles")):
+        if key in getattr(dataset, "keys", []):
+            layout[layout_key] = _pattern_from_paths(dataset.label_path(key, 0), first)
+    return layout
+
+
+def derived_dataset_json(
+    dataset: Any,
+    dst_root: str | os.PathLike,
+    new_entries: Mapping[str, str],
+    *,
+    name: str,
+    derived_from: Mapping[str, Any],
+) -> Path:
+    """Write ``dst_root/dataset.json`` for a dataset derived from ``dataset``.
+
+    The source's layout entries point back at the source files (relative paths when possible),
+    ``new_entries`` (e.g. ``{"pseudo": "pseudo/{id}.png"}``) are relative to ``dst_root``; classes,
+    background, ignore index and image mode are the source's. Works for any
+    :class:`~weakseg.data.SegDataset` (folder, VOC, COCO): for non-folder formats the patterns are
+    read off the first sample's file paths.
+    """
+    from weakseg.data.folder import write_dataset_json
+
+    dst = Path(dst_root).resolve()
+    layout = {key: _point_back(path, dst) for key, path in _source_layout(dataset).items()}
+    layout.update(new_entries)
+    return write_dataset_json(
+        dst,
+        dataset.classes,
+        name=name,
+        layout=layout,
+        image_mode=dataset.image_mode,
+        background=dataset.background,
+        extra={"derived_from": dict(derived_from)},
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# A whole split
+# --------------------------------------------------------------------------------------------------
+class _ImagesAndCams(Dataset):
+    """(id, image uint8 [H, W, 3], mask uint8 [H, W] or None, CamRecord) per sample."""
+
+    def __init__(self, dataset: Any, cam_dir: Path) -> None:
+        self.dataset = dataset
+        self.cam_dir = cam_dir
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[str, np.ndarray, np.ndarray | None, CamRecord]:
+        sid = self.dataset.ids[index]
+        raw = self.dataset.load_raw(index)
+        return sid, raw["image"], raw.get("mask"), load_cams(cam_file(self.cam_dir, sid))
+
+
+def _collate_list(batch: list[Any]) -> list[Any]:
+    return batch
+
+
+def _stats(matrix: ConfusionMatrix, num_classes: int, class_names: Sequence[str]) -> dict[str, Any]:
+    """Quality of pseudo-labels against the masks from a (K+1)-class matrix whose last column
+    counts ignored pixels (its last row is zero)."""
+    m = matrix.matrix.cpu().numpy()
+    k = num_classes
+    labelled = m[:k, :k]
+    iou_labelled = per_class_iou(labelled)
+    iou_full = per_class_iou(m)[:k]
+    total = m.sum()
+    return {
+        "mIoU_labelled": nanmean(iou_labelled),
+        "mIoU_ignore_as_miss": nanmean(iou_full),
+        "coverage": float(labelled.sum() / total) if total else math.nan,
+        "per_class_IoU_labelled": {n: float(v) for n, v in zip(class_names, iou_labelled)},
+    }
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def make_pseudo_labels(
+    cam_dir: str | os.PathLike,
+    dataset: Any,
+    out_root: str | os.PathLike,
+    *,
+    weights: Mapping[str, float] | None = None,
+    params: PseudoLabelParams = PseudoLabelParams(),
+    device: str | torch.device = "cpu",
+    batch_size: int = 4,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Write the pseudo-labels of ``dataset``'s split as a folder-format dataset.
+
+    ``out_root`` receives ``pseudo/{id}.png`` (palette PNG, 255 = uncertain), ``splits/<split>.txt``
+    (and the source's other split files for a folder-format source), ``dataset.json`` (layout
+    pointing back at the source's images / masks / scribbles, plus ``"pseudo": "pseudo/{id}.png"``)
+    and ``pseudo_labels.json`` (settings, and the quality against the masks when there are masks:
+    mIoU over the labelled pixels, mIoU counting ignored pixels as misses, coverage). All files
+    are written atomically.
+
+    Returns:
+        The ``pseudo_labels.json`` content.
+    """
+    cam_dir, out = Path(cam_dir), Path(out_root)
+    if out.resolve() == Path(dataset.root).resolve():
+        raise ValueError(f"out_root must differ from the dataset root {dataset.root}")
+    meta = load_cam_meta(cam_dir)
+    check_dataset_matches(meta, dataset, cam_dir)
+    chosen = resolve_weights(meta["cam_keys"], weights if weights is not None else meta.get("weights"))
+    k = dataset.num_classes
+    palette = make_palette()
+    matrix = ConfusionMatrix(k + 1, ignore_index=IGNORE_INDEX)
+    has_masks = "mask" in getattr(dataset, "keys", [])
+    loader = DataLoader(
+        _ImagesAndCams(dataset, cam_dir),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=_collate_list,
+    )
+    bar = tqdm(total=len(dataset), desc=f"pseudo-labels ({params.crf} crf)", unit="img", disable=not progress)
+    for items in loader:
+        groups: dict[tuple[int, ...], list[Any]] = {}
+        for item in items:
+            groups.setdefault(item[1].shape, []).append(item)
+        for group in groups.values():
+            images = torch.stack(
+                [torch.from_numpy(np.ascontiguousarray(it[1])).permute(2, 0, 1) for it in group]
+            )
+            combined = [combine_cams(it[3].cams, chosen).to(device) for it in group]
+            labels = ir_labels(
+                combined,
+                [it[3].keys for it in group],
+                images.to(device),
+                background=dataset.background,
+                params=params,
+            ).cpu()
+            for (sid, _image, mask, _record), label in zip(group, labels):
+                atomic_save_label_png(out / "pseudo" / f"{sid}.png", label.numpy().astype(np.uint8), palette)
+                if has_masks and mask is not None:
+                    pred = torch.where(label == IGNORE_INDEX, torch.full_like(label, k), label)
+                    matrix.update(pred, torch.from_numpy(np.asarray(mask)).long())
+            bar.update(len(group))
+    bar.close()
+    _write_splits(dataset, out)
+    derived_dataset_json(
+        dataset,
+        out,
+        {"pseudo": "pseudo/{id}.png"},
+        name=f"{dataset.name}-pseudo",
+        derived_from={"cams": str(cam_dir.resolve()), "split": dataset.split, "op": "pseudo-labels"},
+    )
+    summary: dict[str, Any] = {
+        "cams": str(cam_dir.resolve()),
+        "split": dataset.split,
+        "num_images": len(dataset),
+        "weights": chosen,
+        "background": dataset.background,
+        "params": {**asdict(params), "crf_params": asdict(params.crf_params)},
+    }
+    if has_masks:
+        summary["quality"] = _stats(matrix, k, dataset.classes)
+    atomic_write_json(out / "pseudo_labels.json", _json_safe(summary))
+    return summary
+
+
+def _write_splits(dataset: Any, out: Path) -> None:
+    """``splits/<split>.txt`` of the processed split, and the source's other split files (folder
+    format) so the derived dataset can be validated on them."""
+    from weakseg.data.folder import list_splits, write_split
+
+    spec = getattr(dataset, "spec", None)
+    if spec is not None:
+        for split in list_splits(dataset.root):
+            if split != dataset.split and not (out / "splits" / f"{split}.txt").is_file():
+                text = (Path(dataset.root) / "splits" / f"{split}.txt").read_text(encoding="utf-8")
+                write_split(
+                    out,
+                    split,
+                    [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")],
+                )
+    write_split(out, dataset.split, dataset.ids)

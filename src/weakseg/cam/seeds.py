@@ -1,0 +1,355 @@
+"""CAM seeds and their evaluation: a background-threshold sweep against the ground-truth masks.
+
+**Combining CAM types.** An image's stored CAMs (one ``[n, H, W]`` map per type, see
+:mod:`weakseg.cam.store`) are merged into one map as the weighted *mean*
+``M = Σ_k w_k M_k / Σ_k w_k`` (:func:`combine_cams`). SFC adds ``M_W + M_P`` (paper) or
+``M_W + 0.7·M_P`` (its IR-label code); dividing by ``Σ w_k`` only rescales the sum, so the arg-max is
+the same, and it keeps ``M`` in [0, 1], so one background threshold means the same thing for every
+weighting.
+
+**Seed.** With a background class (VOC, COCO) the seed of threshold ``t`` is IRN's: a constant
+background score ``t`` is put beside the foreground maps and the arg-max taken, so a pixel is the
+foreground class ``argmax_c M_c`` when ``max_c M_c > t`` and background otherwise (ties go to
+background, as ``np.argmax`` over ``[t, M…]`` does).
+
+**Datasets without background** (CamVid: every class is a foreground class). Every pixel belongs to
+some tagged class, so the seed is the arg-max over the tagged classes; ``t`` becomes an
+*uncertainty* threshold: pixels with ``max_c M_c ≤ t`` are left unlabelled (255). The seed is scored
+as a labelling of the whole image: an unlabelled pixel counts as a miss (a false negative of its
+true class, a false positive of none), so ``t = 0`` is the plain arg-max and a larger ``t`` pays off
+only where abstaining beats a wrong guess. The sweep also reports the mIoU over the labelled pixels
+alone ("precision_mIoU") and the labelled fraction ("coverage"), the trade-off that matters when
+the seeds become pseudo-labels with ignore regions.
+
+**One pass, every threshold.** Whether pixel p is foreground at threshold ``t_j`` depends only on
+``m_p = max_c M_c(p)``: it is foreground exactly for the thresholds below ``m_p``. So each pixel is
+counted once in a histogram over (ground truth, arg-max class, number of thresholds below ``m_p``),
+and the confusion matrix of every threshold follows from cumulative sums over the last axis. This
+costs one ``bincount`` per image however many thresholds are swept, and gives exactly the matrices
+that one :class:`weakseg.metrics.ConfusionMatrix` per threshold would accumulate (the tests check
+this); the metrics come from :mod:`weakseg.metrics`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from weakseg.cam.store import CamRecord, cam_file, load_cam_meta, load_cams
+from weakseg.io import DataError, atomic_write_json
+from weakseg.metrics import metrics_from_matrix, nanmean, per_class_iou, pixel_accuracy
+from weakseg.viz import plot_metric_vs, plot_per_class_bar
+
+__all__ = [
+    "DEFAULT_THRESHOLDS",
+    "SeedSweep",
+    "combine_cams",
+    "evaluate_seeds",
+    "resolve_weights",
+    "seed_labels",
+    "write_seed_report",
+]
+
+IGNORE_INDEX = 255
+DEFAULT_THRESHOLDS: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(20))  # 0.00 … 0.95
+
+
+# --------------------------------------------------------------------------------------------------
+# Combining CAM types
+# --------------------------------------------------------------------------------------------------
+def resolve_weights(cam_keys: Sequence[str], weights: Mapping[str, float] | None = None) -> dict[str, float]:
+    """The CAM-type weights to combine: ``weights`` when given (every named type must exist), else
+    1 for each of ``cam_keys``. Types with weight 0 are dropped; at least one weight must be > 0."""
+    if weights is None:
+        chosen = {key: 1.0 for key in cam_keys}
+    else:
+        unknown = sorted(set(weights) - set(cam_keys))
+        if unknown:
+            raise DataError(f"CAM weights name unknown CAM type(s) {unknown}; the CAMs hold {list(cam_keys)}")
+        chosen = {key: float(w) for key, w in weights.items()}
+    if any(w < 0 for w in chosen.values()):
+        raise ValueError(f"CAM weights must be >= 0, got {chosen}")
+    chosen = {k: w for k, w in chosen.items() if w > 0}
+    if not chosen:
+        raise ValueError("CAM weights: at least one weight must be positive")
+    return chosen
+
+
+def combine_cams(cams: Mapping[str, Any], weights: Mapping[str, float]) -> torch.Tensor:
+    """Weighted mean ``Σ_k w_k M_k / Σ_k w_k`` of CAM types (arrays or tensors ``[..., H, W]`` of one
+    shape) -> float32 tensor of that shape."""
+    total: torch.Tensor | None = None
+    for key, weight in weights.items():
+        if key not in cams:
+            raise KeyError(f"no CAM {key!r} to combine (have {sorted(cams)})")
+        term = torch.as_tensor(cams[key], dtype=torch.float32) * float(weight)
+        total = term if total is None else total + term
+    if total is None:
+        raise ValueError("combine_cams: no weights given")
+    return total / float(sum(weights.values()))
+
+
+# --------------------------------------------------------------------------------------------------
+# Seeds
+# --------------------------------------------------------------------------------------------------
+def seed_labels(
+    cams: torch.Tensor,
+    keys: torch.Tensor | np.ndarray | Sequence[int],
+    threshold: float,
+    background: int | None,
+) -> torch.Tensor:
+    """The seed of one image (see the module doc) -> int64 ``[H, W]``.
+
+    Args:
+        cams: ``[n, H, W]`` combined CAM of the image's tagged foreground classes (n may be 0).
+        keys: ``[n]`` their class indices.
+        threshold: background score (with a background class) or uncertainty threshold (without).
+        background: the background class index, or None (unlabelled pixels become 255).
+    """
+    alt = IGNORE_INDEX if background is None else background
+    height, width = cams.shape[-2:]
+    if cams.shape[0] == 0:
+        return torch.full((height, width), alt, dtype=torch.long, device=cams.device)
+    keys_t = torch.as_tensor(np.asarray(keys), dtype=torch.long, device=cams.device)
+    peak, arg = cams.max(dim=0)
+    return torch.where(peak > threshold, keys_t[arg], torch.full_like(arg, alt))
+
+
+class SeedSweep:
+    """Confusion matrices of the seeds at every threshold, accumulated image by image.
+
+    Args:
+        num_classes: K, the dataset's classes.
+        background: the background class index, or None (then thresholds mark pixels uncertain).
+        thresholds: increasing thresholds to sweep.
+        ignore_index: ground-truth value that is not counted.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        background: int | None,
+        thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+        ignore_index: int = IGNORE_INDEX,
+        device: torch.device | str | None = None,
+    ) -> None:
+        ts = np.asarray(thresholds, dtype=np.float64)
+        if ts.ndim != 1 or ts.size == 0 or np.any(np.diff(ts) <= 0):
+            raise ValueError(f"thresholds must be a non-empty increasing list, got {list(thresholds)}")
+        self.num_classes = int(num_classes)
+        self.background = background
+        self.ignore_index = ignore_index
+        self.thresholds = [float(t) for t in ts]
+        # Prediction columns: the K classes, plus an "uncertain" column K when there is no background.
+        self._alt = self.num_classes if background is None else int(background)
+        self._cols = self.num_classes + (1 if background is None else 0)
+        self._ts = torch.tensor(self.thresholds, dtype=torch.float32, device=device)
+        bins = len(self.thresholds) + 1
+        self._hist = torch.zeros(self.num_classes, self._cols, bins, dtype=torch.long, device=device)
+
+    def update(
+        self, cams: torch.Tensor, keys: torch.Tensor | np.ndarray | Sequence[int], mask: torch.Tensor
+    ) -> None:
+        """Add one image: combined CAM ``[n, H, W]``, its class indices ``[n]``, ground truth ``[H, W]``."""
+        dev = self._hist.device
+        cams = torch.as_tensor(cams, dtype=torch.float32).to(dev)
+        gt = torch.as_tensor(mask).to(device=dev, dtype=torch.long).reshape(-1)
+        if tuple(cams.shape[-2:]) != tuple(mask.shape[-2:]):
+            raise DataError(
+                f"CAM size {tuple(cams.shape[-2:])} differs from mask size {tuple(mask.shape[-2:])}"
+            )
+        if cams.shape[0] == 0:
+            pred = torch.full_like(gt, self._alt)
+            nbelow = torch.zeros_like(gt)  # background / uncertain at every threshold
+        else:
+            keys_t = torch.as_tensor(np.asarray(keys), dtype=torch.long, device=dev)
+            peak, arg = cams.reshape(cams.shape[0], -1).max(dim=0)
+            pred = keys_t[arg]
+            # Number of thresholds strictly below the peak = thresholds at which p is foreground.
+            nbelow = torch.searchsorted(self._ts, peak.contiguous(), right=False)
+        bins = self._hist.shape[2]
+        valid = (gt >= 0) & (gt < self.num_classes) & (gt != self.ignore_index)
+        size = self._hist.numel()
+        flat = (gt * self._cols + pred) * bins + nbelow
+        flat = torch.where(valid, flat, torch.full_like(flat, size))  # invalid pixels to a dump bin
+        self._hist += torch.bincount(flat, minlength=size + 1)[:size].view_as(self._hist)
+
+    def matrices(self) -> torch.Tensor:
+        """int64 ``[T, P, P]``: the confusion matrix (rows ground truth, columns prediction) of each
+        threshold. P = K with a background class; P = K + 1 without, where the extra column counts
+        unlabelled (uncertain) pixels and the extra row is zero."""
+        hist = self._hist
+        # tail[..., j] = Σ_{b ≥ j} hist[..., b]; at threshold j the foreground pixels are those with b > j.
+        tail = hist.flip(-1).cumsum(-1).flip(-1)
+        fg = tail[..., 1:].permute(2, 0, 1)  # [T, K, cols]
+        total = hist.sum(-1)  # [K, cols]
+        out = fg.clone()
+        out[:, :, self._alt] += (total[None] - fg).sum(-1)
+        if self.background is None:
+            out = torch.cat([out, out.new_zeros(out.shape[0], 1, out.shape[2])], dim=1)
+        return out
+
+    def compute(self, class_names: Sequence[str] | None = None) -> dict[str, Any]:
+        """The sweep and the best threshold.
+
+        Returns a dict with "thresholds", "mIoU" (one per threshold), "best_threshold",
+        "best_mIoU", "per_class_IoU" (at the best threshold; a dict by class name when
+        ``class_names`` is given), "pixel_accuracy", "threshold_kind" ("background" or
+        "uncertainty"), and without a background also "precision_mIoU" and "coverage" per threshold.
+        """
+        mats = self.matrices().cpu().numpy()
+        k = self.num_classes
+        ious = [per_class_iou(m)[:k] for m in mats]
+        miou = [nanmean(iou) for iou in ious]
+        scores = [-math.inf if math.isnan(v) else v for v in miou]
+        best = int(np.argmax(scores))
+        names = list(class_names) if class_names is not None else None
+        per_class = ious[best].tolist()
+        result: dict[str, Any] = {
+            "threshold_kind": "background" if self.background is not None else "uncertainty",
+            "thresholds": list(self.thresholds),
+            "mIoU": miou,
+            "best_threshold": self.thresholds[best],
+            "best_mIoU": miou[best],
+            "per_class_IoU": dict(zip(names, per_class)) if names else per_class,
+            "pixel_accuracy": pixel_accuracy(mats[best]),
+            "num_pixels": int(mats[best].sum()),
+        }
+        if self.background is None:
+            labelled = [m[:k, :k] for m in mats]
+            result["precision_mIoU"] = [nanmean(per_class_iou(m)) for m in labelled]
+            result["coverage"] = [float(m.sum() / max(1, full.sum())) for m, full in zip(labelled, mats)]
+        else:
+            result["mean_accuracy"] = metrics_from_matrix(mats[best])["mean_accuracy"]
+        return result
+
+
+# --------------------------------------------------------------------------------------------------
+# Evaluating a CAM folder
+# --------------------------------------------------------------------------------------------------
+def _identity(sample: Any) -> Any:
+    return sample
+
+
+class _CamsAndMasks(Dataset):
+    """(id, ground-truth mask uint8 [H, W], CamRecord) per sample, for a DataLoader."""
+
+    def __init__(self, dataset: Any, cam_dir: Path) -> None:
+        self.dataset = dataset
+        self.cam_dir = cam_dir
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[str, np.ndarray, CamRecord]:
+        sid = self.dataset.ids[index]
+        raw = self.dataset.load_raw(index)
+        if "mask" not in raw:
+            raise DataError(f"sample {sid!r} has no mask: seed evaluation needs dense ground truth")
+        return sid, raw["mask"], load_cams(cam_file(self.cam_dir, sid))
+
+
+def check_dataset_matches(meta: Mapping[str, Any], dataset: Any, cam_dir: str | os.PathLike) -> None:
+    """Raise :class:`DataError` when ``dataset``'s classes or background differ from the CAM folder's."""
+    if list(meta["classes"] or []) != list(dataset.classes):
+        raise DataError(
+            f"{cam_dir}: the CAMs were made for classes {meta['classes']}, the dataset has {dataset.classes}"
+        )
+    if meta["background"] != dataset.background:
+        raise DataError(
+            f"{cam_dir}: the CAMs were made with background {meta['background']!r}, "
+            f"the dataset has background {dataset.background!r}"
+        )
+
+
+def evaluate_seeds(
+    cam_dir: str | os.PathLike,
+    dataset: Any,
+    *,
+    weights: Mapping[str, float] | None = None,
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Sweep the seed threshold over a CAM folder against ``dataset``'s masks (see the module doc).
+
+    Args:
+        cam_dir: a folder written by :func:`weakseg.cam.inference.infer_cams`.
+        dataset: a :class:`~weakseg.data.SegDataset` with masks, the same classes and background.
+        weights: CAM-type weights (default: ``cams.json``'s "weights", else 1 each).
+
+    Returns:
+        :meth:`SeedSweep.compute`'s dict plus "weights" and "num_images".
+    """
+    cam_dir = Path(cam_dir)
+    meta = load_cam_meta(cam_dir)
+    check_dataset_matches(meta, dataset, cam_dir)
+    chosen = resolve_weights(meta["cam_keys"], weights if weights is not None else meta.get("weights"))
+    sweep = SeedSweep(dataset.num_classes, dataset.background, thresholds, device=device)
+    loader = DataLoader(
+        _CamsAndMasks(dataset, cam_dir),
+        batch_size=None,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=_identity,
+    )
+    for _sid, mask, record in tqdm(
+        loader, desc="seeds", unit="img", disable=not progress, dynamic_ncols=True
+    ):
+        sweep.update(combine_cams(record.cams, chosen), record.keys, torch.as_tensor(np.asarray(mask)))
+    result = sweep.compute(dataset.classes)
+    result["weights"] = chosen
+    result["num_images"] = len(dataset)
+    return result
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN / inf -> None, recursively (JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def write_seed_report(result: Mapping[str, Any], out_dir: str | os.PathLike) -> dict[str, Path]:
+    """Write ``seeds.json``, ``seed_mIoU_vs_threshold.png`` and ``seed_per_class_IoU.png``."""
+    out = Path(out_dir)
+    written = {"json": atomic_write_json(out / "seeds.json", _json_safe(dict(result)))}
+    series = {"mIoU": result["mIoU"]}
+    if "precision_mIoU" in result:
+        series["mIoU of labelled pixels"] = result["precision_mIoU"]
+        series["coverage"] = result["coverage"]
+    kind = result["threshold_kind"]
+    written["plot"] = plot_metric_vs(
+        result["thresholds"],
+        series,
+        out / "seed_mIoU_vs_threshold.png",
+        xlabel=f"{kind} threshold",
+        ylabel="mIoU" if len(series) == 1 else "value",
+        title=f"CAM seeds: best mIoU {result['best_mIoU']:.3f} at {result['best_threshold']:g}",
+    )
+    per_class = result["per_class_IoU"]
+    if isinstance(per_class, Mapping):
+        names, values = list(per_class), list(per_class.values())
+    else:
+        names, values = [str(i) for i in range(len(per_class))], list(per_class)
+    written["per_class"] = plot_per_class_bar(
+        names,
+        values,
+        out / "seed_per_class_IoU.png",
+        title=f"seed IoU at threshold {result['best_threshold']:g}",
+        ylabel="IoU",
+    )
+    return written

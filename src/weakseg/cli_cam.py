@@ -1,0 +1,384 @@
+"""``weakseg cam``, ``weakseg cam evaluate`` and ``weakseg pseudo-labels``: the CAM side of
+image-level methods (see :mod:`weakseg.cam`)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from weakseg.io import DataError
+
+__all__ = ["add_cam_parsers", "make_cams"]
+
+
+class _DefaultSubcommand(argparse._SubParsersAction):
+    """Subcommands where an unknown first word selects ``make``: ``weakseg cam CKPT ...`` is
+    ``weakseg cam make CKPT ...``, while ``weakseg cam evaluate CAM_DIR ...`` stays a subcommand."""
+
+    class _AnyWord:
+        """Accepts every first word (argparse checks ``choices`` before calling the action)."""
+
+        def __contains__(self, item: object) -> bool:
+            return True
+
+        def __iter__(self):
+            return iter(())
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.choices = self._AnyWord()
+
+    def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[override]
+        if values and values[0] not in self._name_parser_map:
+            values = ["make", *values]
+        super().__call__(parser, namespace, values, option_string)
+
+
+def _device(name: str | None) -> str:
+    import torch
+
+    return name or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _parse_weights(items: list[str] | None) -> dict[str, float] | None:
+    """``["cam=1", "cam_proto=0.7"]`` -> ``{"cam": 1.0, "cam_proto": 0.7}``."""
+    if not items:
+        return None
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        try:
+            out[key.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not key.strip():
+            raise DataError(f"--weights entry {item!r}: expected CAM_KEY=WEIGHT, e.g. cam_proto=0.7")
+    return out
+
+
+def _open_dataset(root: str, split: str, fmt: str, load_masks: bool = True) -> Any:
+    """A dataset without transforms (raw images and masks)."""
+    from weakseg.data import COCODataset, FolderDataset, VOCDataset
+
+    if fmt == "voc":
+        return VOCDataset(root, split, scribbles=None, load_masks=load_masks, tags_source="none")
+    if fmt == "coco":
+        return COCODataset(root, split, load_masks=load_masks, tags_source="none")
+    if fmt != "folder":
+        raise DataError(f"unknown dataset format {fmt!r}; expected folder, voc or coco")
+    return FolderDataset(
+        root, split, load_masks=load_masks, load_scribbles=False, load_pseudo=False, tags_source="none"
+    )
+
+
+def _dataset_of(args: argparse.Namespace, meta: dict[str, Any], load_masks: bool = True) -> Any:
+    """The dataset named by ``--data/--format/--split``, defaulting to the CAM folder's."""
+    data = meta.get("data") or {}
+    root = args.data or data.get("root")
+    if not root:
+        raise DataError("no dataset given: pass --data ROOT (the CAM folder does not name one)")
+    split = args.split or data.get("split") or "train"
+    fmt = args.format or data.get("format") or "folder"
+    return _open_dataset(root, split, fmt, load_masks=load_masks)
+
+
+# ---------------------------------------------------------------------------------------------- cam
+def _method_maps(checkpoint: str, cfg: Any, dataset: Any, device: str) -> Any:
+    """The trained method's ``class_maps(outputs, tags)`` hook (its state restored from the
+    checkpoint), or None when the method has none (then the network's ``"cam"`` outputs are used)."""
+    from weakseg.builders import build_method_for
+    from weakseg.engine.checkpoint import load_checkpoint
+
+    method = build_method_for(cfg, dataset)
+    if not hasattr(method, "class_maps"):
+        return None
+    state = load_checkpoint(checkpoint, map_location="cpu").get("method") or {}
+    method.load_state_dict(state, strict=False)
+    method.to(device).eval()
+    return method.class_maps
+
+
+def make_cams(
+    checkpoint: str | Path,
+    out: str | Path,
+    *,
+    split: str | None = None,
+    data_root: str | None = None,
+    overrides: Sequence[str] = (),
+    scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0),
+    flip: bool = True,
+    keys: Sequence[str] | None = None,
+    batch_size: int = 4,
+    num_workers: int | None = None,
+    amp: str = "none",
+    overwrite: bool = False,
+    device: str | None = None,
+    progress: bool = True,
+) -> tuple[Path, Any]:
+    """``weakseg cam`` as a function: the CAMs of a split of the checkpoint's dataset (``data_root``
+    and dotted ``overrides`` change its config) in ``out``. Returns ``(out, dataset)``."""
+    import torch
+
+    from weakseg.builders import build_dataset
+    from weakseg.cam.inference import infer_cams
+    from weakseg.cli import _with_overrides
+    from weakseg.engine.trainer import load_trained_model
+
+    device = _device(device)
+    model, cfg, meta = load_trained_model(checkpoint, device)
+    overrides = list(overrides)
+    if data_root:
+        overrides.append(f"data.root={data_root}")
+    cfg = _with_overrides(cfg, overrides)
+    split = split or cfg.data.train_split
+    dataset = build_dataset(cfg, split, train=False, requires=("tags",))
+    if list(dataset.classes) != list(meta["classes"]):
+        raise DataError(
+            f"the checkpoint was trained on classes {meta['classes']}, {cfg.data.root} has {dataset.classes}"
+        )
+    method_spec = dict(cfg.method)
+    cam_weights = method_spec.get("cam_weights")
+    infer_cams(
+        model,
+        dataset,
+        out,
+        num_classes=dataset.num_classes,
+        background=dataset.background,
+        scales=scales,
+        flip=flip,
+        keys=keys,
+        maps_fn=_method_maps(str(checkpoint), cfg, dataset, device),
+        batch_size=batch_size,
+        num_workers=num_workers if num_workers is not None else cfg.data.num_workers,
+        autocast_dtype=torch.bfloat16 if amp == "bf16" else None,
+        overwrite=overwrite,
+        progress=progress,
+        meta={
+            "classes": list(dataset.classes),
+            "background": dataset.background,
+            "weights": dict(cam_weights) if cam_weights else None,
+            "checkpoint": str(Path(checkpoint).resolve()),
+            "method": method_spec.get("name"),
+            "step": meta.get("step"),
+            "data": {
+                "format": cfg.data.format,
+                "root": str(Path(cfg.data.root).resolve()),
+                "split": split,
+                "tags": cfg.data.tags,
+            },
+        },
+    )
+    return Path(out), dataset
+
+
+def cmd_cam(args: argparse.Namespace) -> int:
+    out, dataset = make_cams(
+        args.checkpoint,
+        args.out,
+        split=args.split,
+        data_root=args.data,
+        overrides=args.overrides,
+        scales=args.scales,
+        flip=not args.no_flip,
+        keys=args.keys,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        amp=args.amp,
+        overwrite=args.overwrite,
+        device=args.device,
+        progress=not args.quiet,
+    )
+    print(f"CAMs of {len(dataset)} images ({dataset.root}, split '{dataset.split}') in {out}")
+    return 0
+
+
+def cmd_cam_evaluate(args: argparse.Namespace) -> int:
+    from weakseg.cam.seeds import DEFAULT_THRESHOLDS, evaluate_seeds, write_seed_report
+    from weakseg.cam.store import load_cam_meta
+
+    meta = load_cam_meta(args.cam_dir)
+    dataset = _dataset_of(args, meta)
+    result = evaluate_seeds(
+        args.cam_dir,
+        dataset,
+        weights=_parse_weights(args.weights),
+        thresholds=args.thresholds or DEFAULT_THRESHOLDS,
+        num_workers=args.num_workers,
+        device=_device(args.device),
+        progress=not args.quiet,
+    )
+    out = Path(args.out) if args.out else Path(args.cam_dir) / f"seeds_{dataset.split}"
+    write_seed_report(result, out)
+    kind = result["threshold_kind"]
+    print(
+        f"seed mIoU {100 * result['best_mIoU']:.2f} at {kind} threshold {result['best_threshold']:g} "
+        f"({result['num_images']} images, weights {result['weights']})\nreport: {out}"
+    )
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- pseudo-labels
+def cmd_pseudo_labels(args: argparse.Namespace) -> int:
+    from weakseg.cam.pseudo_labels import PseudoLabelParams, make_pseudo_labels
+    from weakseg.cam.store import load_cam_meta
+    from weakseg.postprocess.crf import CRFParams
+
+    meta = load_cam_meta(args.cam_dir)
+    dataset = _dataset_of(args, meta)
+    crf_overrides: dict[str, Any] = {"scale": args.crf_scale}
+    if args.crf_iters is not None:
+        crf_overrides["num_iters"] = args.crf_iters
+    params = PseudoLabelParams(
+        fg_threshold=args.fg_threshold,
+        bg_threshold=args.bg_threshold,
+        uncertain_threshold=args.uncertain_threshold,
+        crf=args.crf,
+        crf_params=CRFParams.pseudo_label(**crf_overrides),
+    )
+    summary = make_pseudo_labels(
+        args.cam_dir,
+        dataset,
+        args.out,
+        weights=_parse_weights(args.weights),
+        params=params,
+        device=_device(args.device),
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        progress=not args.quiet,
+    )
+    line = f"pseudo-labels of {summary['num_images']} images in {args.out} (train with data.root={args.out})"
+    quality = summary.get("quality")
+    if quality:
+        line += (
+            f"\nagainst the masks: mIoU {100 * quality['mIoU_labelled']:.2f} on labelled pixels, "
+            f"coverage {100 * quality['coverage']:.1f}%, "
+            f"mIoU {100 * quality['mIoU_ignore_as_miss']:.2f} counting ignored pixels as misses"
+        )
+    print(line)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- parsers
+def _add_dataset_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data", default=None, metavar="ROOT", help="dataset root (default: the one the CAMs were made from)"
+    )
+    p.add_argument(
+        "--format",
+        default=None,
+        choices=["folder", "voc", "coco"],
+        help="dataset format (default: the CAMs')",
+    )
+    p.add_argument("--split", default=None, help="split (default: the CAMs')")
+    p.add_argument(
+        "--weights",
+        nargs="+",
+        default=None,
+        metavar="KEY=W",
+        help="CAM-type weights of the combined map, e.g. cam=1 cam_proto=0.7 "
+        "(default: cams.json's, else 1 each); thresholds apply to the weighted mean",
+    )
+    p.add_argument("--num-workers", type=int, default=0, help="data-loading processes")
+    p.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda when available)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_cam_parsers(sub: argparse._SubParsersAction) -> None:
+    """Add ``cam`` (with ``cam evaluate``) and ``pseudo-labels`` to the top-level subcommands."""
+    cam = sub.add_parser(
+        "cam",
+        help="multi-scale CAMs of an image-level checkpoint; `cam evaluate` sweeps seed thresholds",
+        description="weakseg cam CKPT --split train --out DIR   (same as `weakseg cam make CKPT ...`)\n"
+        "weakseg cam evaluate CAM_DIR --data ROOT --split train",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    csub = cam.add_subparsers(
+        dest="cam_command", required=True, metavar="{CKPT,evaluate}", action=_DefaultSubcommand
+    )
+
+    p = csub.add_parser(
+        "make",
+        help="write the CAMs of a split (the default: `weakseg cam CKPT ...`)",
+        description="Multi-scale + flip CAMs of every image of a split, one float16 .npz per image "
+        "(tagged classes only) plus cams.json. Images whose file exists are skipped (resume).",
+    )
+    p.add_argument("checkpoint", help="a checkpoint of an image-level method (cam, sfc, ...)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. data.tags=masks")
+    p.add_argument("--out", required=True, help="CAM folder to write")
+    p.add_argument("--split", default=None, help="split (default: the run's data.train_split)")
+    p.add_argument("--data", default=None, metavar="ROOT", help="dataset root (default: the run's data.root)")
+    p.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.5, 1.5, 2.0], help="image scales")
+    p.add_argument("--no-flip", action="store_true", help="do not add the horizontally mirrored image")
+    p.add_argument(
+        "--keys", nargs="+", default=None, help="CAM outputs to store (default: cam and every cam_*)"
+    )
+    p.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
+    p.add_argument(
+        "--num-workers", type=int, default=None, help="data-loading processes (default: the run's)"
+    )
+    p.add_argument(
+        "--amp", choices=["none", "bf16"], default="none", help="run the network under bf16 autocast"
+    )
+    p.add_argument("--overwrite", action="store_true", help="recompute images whose CAM file exists")
+    p.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda when available)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_cam)
+
+    p = csub.add_parser(
+        "evaluate",
+        help="seed mIoU against the masks over a sweep of background thresholds",
+        description="Sweep the background threshold (datasets with a background class) or the "
+        "uncertainty threshold (datasets without one, where unlabelled pixels count as misses) of the "
+        "CAM seeds; writes seeds.json (mIoU per threshold, best threshold, per-class IoU) and plots.",
+    )
+    p.add_argument("cam_dir", help="a folder written by `weakseg cam`")
+    _add_dataset_options(p)
+    p.add_argument(
+        "--thresholds", type=float, nargs="+", default=None, help="thresholds (default 0, 0.05, ..., 0.95)"
+    )
+    p.add_argument("--out", default=None, help="report folder (default: CAM_DIR/seeds_<split>)")
+    p.set_defaults(func=cmd_cam_evaluate)
+
+    p = sub.add_parser(
+        "pseudo-labels",
+        help="pseudo-label PNGs from CAMs (IR-label rule + dense CRF) as a trainable dataset",
+        description="SFC/IRN IR labels: confident foreground (background score --fg-threshold) and "
+        "confident background (--bg-threshold), each refined by a dense CRF, ignore (255) where they "
+        "disagree; without a background class, pixels no tagged class scores above "
+        "--uncertain-threshold are ignored. Writes OUT/pseudo/{id}.png and a dataset.json pointing at "
+        "the source images: train `full` with data.root=OUT method.label=pseudo, or a scribble method "
+        "with data.pseudo_dir=OUT/pseudo.",
+    )
+    p.add_argument("cam_dir", help="a folder written by `weakseg cam`")
+    p.add_argument("--out", required=True, help="output dataset folder")
+    _add_dataset_options(p)
+    p.add_argument(
+        "--fg-threshold", type=float, default=0.30, help="background score of the confident-fg map"
+    )
+    p.add_argument(
+        "--bg-threshold", type=float, default=0.05, help="background score of the confident-bg map"
+    )
+    p.add_argument(
+        "--uncertain-threshold",
+        type=float,
+        default=0.30,
+        help="no-background datasets: ignore pixels scoring <= this",
+    )
+    p.add_argument(
+        "--crf",
+        choices=["torch", "pydensecrf", "none"],
+        default="torch",
+        help="refinement: batched torch dense CRF (default; exact kernels, meant for a GPU), the pydensecrf "
+        "reference (CPU, permutohedral lattice: the faster choice without a GPU), or none",
+    )
+    p.add_argument(
+        "--crf-scale",
+        type=float,
+        default=1.0,
+        help="run the CRF on a grid resized by this factor (faster on CPU)",
+    )
+    p.add_argument("--crf-iters", type=int, default=None, help="mean-field iterations (default 12)")
+    p.add_argument("--batch-size", type=int, default=4, help="images per CRF batch")
+    p.set_defaults(func=cmd_pseudo_labels)

@@ -1,0 +1,287 @@
+"""The image-level CAM classifier (IRN / SIPE / SFC stage 1): backbone + 1x1 classifier, no decoder.
+
+``create_cam_classifier("resnet50", num_classes=21)`` builds one. ``num_classes`` counts every class of
+the dataset, background included; the classifier has one output per *foreground* class (``C = K - 1``
+when the dataset has a background class, ``C = K`` when it has none, e.g. CamVid).
+
+``forward(image)`` (RGB in [0, 1]; normalisation is inside, as in :class:`~weakseg.models.Segmentor`)
+returns a dict:
+
+* ``"cls_logits"`` ``[B, C]``: image-level scores, the global average of the class maps.
+* ``"cam"`` ``[B, C, h, w]``: raw class activation maps ``W^T F`` of the deepest level (before ReLU).
+* ``"features"``: the backbone levels, shallow to deep.
+* ``"logits"`` ``[B, K, h, w]``: a tag-free CAM segmentation for the segmentation tools (evaluate,
+  predict, overlays): foreground channels are the max-normalised ``ReLU(cam)`` in [0, 1], the
+  background channel is the constant ``bg_threshold``; see :func:`cam_seed_logits`.
+* with ``pcm=True``: ``"pcm_embedding"`` ``[B, D, h, w]``, the pixel-correlation features
+  ``Conv1x1([image resized to the grid; F_deep])`` (SFC's ``f9``; gradient reaches ``F_deep``).
+* with ``side_channels``: ``"side_embedding"`` ``[B, sum(side_channels), h, w]``, SFC's hierarchical
+  feature: every level, **detached**, through its own 1x1 conv, L2-normalised per pixel, bilinearly
+  resized to the CAM grid and concatenated. Only the side convs receive gradient through it.
+
+The CAM grid ``h x w`` is that of the deepest level (stride 16 for the ResNet-50 of SFC).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from weakseg.losses.sfc import max_normalize
+from weakseg.models.backbones import Backbone, Pretrained, create_backbone
+
+__all__ = [
+    "DEFAULT_BG_THRESHOLD",
+    "CAMClassifier",
+    "cam_seed_logits",
+    "create_cam_classifier",
+    "foreground_indices",
+    "insert_background",
+    "remove_dilation",
+]
+
+#: Background score of the tag-free ``"logits"`` and of CAM seeds: IRN's ``cam_eval_thres`` (0.15), the
+#: threshold its CAM seeds on VOC are evaluated with.
+DEFAULT_BG_THRESHOLD = 0.15
+
+
+def foreground_indices(num_classes: int, background: int | None) -> list[int]:
+    """The class indices other than ``background`` (all of them when it is None), in order."""
+    if background is not None and not 0 <= background < num_classes:
+        raise ValueError(f"background index {background} is outside 0..{num_classes - 1}")
+    return [c for c in range(num_classes) if c != background]
+
+
+def insert_background(fg: Tensor, bg: Tensor, background: int) -> Tensor:
+    """Place the channel ``bg`` ``[B, 1, ...]`` at index ``background`` among ``fg`` ``[B, C, ...]``.
+
+    Returns ``[B, C + 1, ...]``, the layout of the dataset's class indices.
+    """
+    return torch.cat([fg[:, :background], bg.to(fg.dtype), fg[:, background:]], dim=1)
+
+
+def cam_seed_logits(
+    cam: Tensor,
+    *,
+    num_classes: int,
+    background: int | None,
+    bg_threshold: float = DEFAULT_BG_THRESHOLD,
+    tags: Tensor | None = None,
+    normalize: bool = True,
+) -> Tensor:
+    """Class scores whose arg-max is the CAM seed: ``[B, C, h, w]`` foreground maps -> ``[B, K, h, w]``.
+
+    Foreground channels: ``ReLU(cam)`` divided by each channel's spatial max (``normalize``; values in
+    [0, 1]); with ``tags`` (``[B, K]`` multi-hot over all classes) classes that are not tagged score
+    -1, so only tagged classes (and the background) can win. The background channel (absent when
+    ``background`` is None) is the constant ``bg_threshold``: a pixel is foreground where the
+    strongest normalised CAM exceeds it. The sum of the raw maps of several scales/flips can be passed
+    (normalisation comes after the sum, as in IRN).
+    """
+    fg_index = foreground_indices(num_classes, background)
+    if cam.ndim != 4 or cam.shape[1] != len(fg_index):
+        raise ValueError(
+            f"expected foreground maps [B, {len(fg_index)}, h, w] for {num_classes} classes with "
+            f"background {background}, got shape {tuple(cam.shape)}"
+        )
+    fg = F.relu(cam.float())
+    if normalize:
+        fg = max_normalize(fg)
+    if tags is not None:
+        present = tags[:, fg_index].to(fg.dtype)[:, :, None, None]
+        fg = fg * present + (present - 1.0)  # absent classes: -1
+    if background is None:
+        return fg
+    return insert_background(fg, torch.full_like(fg[:, :1], float(bg_threshold)), background)
+
+
+def remove_dilation(module: nn.Module) -> int:
+    """Turn every dilated convolution in ``module`` into an undilated one (same weights); returns how many.
+
+    timm reaches output stride 16/8 by dilating the stride-capped stages; IRN/SIPE/SFC instead run their
+    last stage at stride 1 *without* dilation (``strides=(2, 2, 2, 1)``, dilation 1). A convolution with
+    kernel ``k``, dilation ``d`` and the matching static padding ``d (k - 1) / 2`` gets dilation 1 and
+    padding ``(k - 1) / 2``, so every feature map keeps its size.
+    """
+    changed = 0
+    for conv in module.modules():
+        if not isinstance(conv, nn.Conv2d) or conv.dilation == (1, 1):
+            continue
+        expected = tuple(d * (k - 1) // 2 for d, k in zip(conv.dilation, conv.kernel_size))
+        if tuple(conv.padding) != expected:
+            raise ValueError(
+                f"cannot undilate {conv}: padding {conv.padding} is not the static 'same' padding {expected}"
+            )
+        conv.dilation = (1, 1)
+        conv.padding = tuple((k - 1) // 2 for k in conv.kernel_size)
+        changed += 1
+    return changed
+
+
+class CAMClassifier(nn.Module):
+    """Backbone + bias-free 1x1 classifier over the deepest level, with optional SFC heads.
+
+    Args:
+        backbone: a :class:`~weakseg.models.backbones.Backbone`.
+        num_classes: ``K``, every class of the dataset (background included when there is one).
+        background: the background class index (0 for VOC/COCO), or None when the dataset has none.
+        bg_threshold: background score of the tag-free ``"logits"``.
+        pcm: add SFC's pixel-correlation conv (``3 + C_deep -> C_deep``, no bias).
+        side_channels: output widths of SFC's side 1x1 convs, one per backbone level (SFC on ResNet-50:
+            128, 128, 256, 256); None: no side features.
+
+    Attributes: ``num_classes`` (K), ``num_foreground`` (C), ``background``, ``fg_index`` (long buffer
+    ``[C]``), ``bg_threshold``, ``output_stride`` and ``logits_stride`` (stride of the CAM grid).
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        num_classes: int,
+        *,
+        background: int | None = 0,
+        bg_threshold: float = DEFAULT_BG_THRESHOLD,
+        pcm: bool = False,
+        side_channels: Sequence[int] | None = None,
+    ) -> None:
+        super().__init__()
+        fg_index = foreground_indices(num_classes, background)
+        if not fg_index:
+            raise ValueError(
+                f"a CAM classifier needs at least one foreground class (num_classes={num_classes})"
+            )
+        self.backbone = backbone
+        self.num_classes = int(num_classes)
+        self.background = background
+        self.num_foreground = len(fg_index)
+        self.bg_threshold = float(bg_threshold)
+        self.output_stride = backbone.output_stride
+        self.logits_stride = backbone.strides[-1]
+        self.register_buffer("mean", torch.tensor(backbone.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(backbone.std).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("fg_index", torch.tensor(fg_index, dtype=torch.long), persistent=False)
+        deep = backbone.channels[-1]
+        self.classifier = nn.Conv2d(deep, self.num_foreground, 1, bias=False)
+        self.pcm = nn.Conv2d(3 + deep, deep, 1, bias=False) if pcm else None
+        self.side: nn.ModuleList | None = None
+        if side_channels is not None:
+            if len(side_channels) != len(backbone.channels):
+                raise ValueError(
+                    f"side_channels has {len(side_channels)} widths but backbone '{backbone.name}' has "
+                    f"{len(backbone.channels)} levels ({backbone.channels})"
+                )
+            self.side = nn.ModuleList(
+                nn.Conv2d(c_in, int(c_out), 1, bias=False)
+                for c_in, c_out in zip(backbone.channels, side_channels)
+            )
+
+    def normalize(self, image: Tensor) -> Tensor:
+        """RGB float ``[B, 3, H, W]`` in [0, 1] -> ``(image - mean) / std``."""
+        if image.ndim != 4 or image.shape[1] != 3:
+            raise ValueError(f"expected an image batch [B, 3, H, W], got shape {tuple(image.shape)}")
+        if not image.is_floating_point():
+            raise ValueError(f"expected a float image in [0, 1], got dtype {image.dtype}")
+        return (image - self.mean) / self.std
+
+    def forward(self, image: Tensor) -> dict[str, Any]:
+        """``image`` float ``[B, 3, H, W]`` in [0, 1] -> the output dict described in the module doc."""
+        x = self.normalize(image)
+        features = self.backbone(x)
+        deep = features[-1]
+        cam = self.classifier(deep)
+        out: dict[str, Any] = {
+            "cls_logits": cam.mean(dim=(2, 3)),
+            "cam": cam,
+            "features": features,
+            "logits": cam_seed_logits(
+                cam.detach(),
+                num_classes=self.num_classes,
+                background=self.background,
+                bg_threshold=self.bg_threshold,
+            ),
+        }
+        grid = tuple(deep.shape[-2:])
+        if self.pcm is not None:
+            small = F.interpolate(x, size=grid, mode="bilinear", align_corners=True)
+            out["pcm_embedding"] = self.pcm(torch.cat([small.to(deep.dtype), deep], dim=1))
+        if self.side is not None:
+            out["side_embedding"] = self.side_embedding(features, grid)
+        return out
+
+    def side_embedding(self, features: Sequence[Tensor], grid: tuple[int, int]) -> Tensor:
+        """SFC's hierarchical feature ``[B, sum(side_channels), *grid]`` from detached backbone levels."""
+        assert self.side is not None
+        parts = []
+        for conv, feature in zip(self.side, features):
+            s = conv(feature.detach())
+            s = s / (s.norm(dim=1, keepdim=True) + 1e-5)
+            if tuple(s.shape[-2:]) != grid:
+                s = F.interpolate(s, size=grid, mode="bilinear", align_corners=False)
+            parts.append(s)
+        return torch.cat(parts, dim=1)
+
+    def param_groups(self, trainable_only: bool = False) -> dict[str, list[nn.Parameter]]:
+        """``"backbone"`` (pretrained) and ``"head"`` (classifier, PCM and side convs: the new layers)."""
+        backbone_ids = {id(p) for p in self.backbone.parameters()}
+        groups: dict[str, list[nn.Parameter]] = {"backbone": [], "head": []}
+        for p in self.parameters():
+            if trainable_only and not p.requires_grad:
+                continue
+            groups["backbone" if id(p) in backbone_ids else "head"].append(p)
+        return groups
+
+
+def create_cam_classifier(
+    backbone: str = "resnet50",
+    num_classes: int = 21,
+    pretrained: Pretrained = None,
+    output_stride: int = 16,
+    *,
+    frozen_stages: int = 0,
+    freeze_bn: bool = False,
+    background: int | None = 0,
+    bg_threshold: float = DEFAULT_BG_THRESHOLD,
+    dilated: bool = False,
+    pcm: bool = False,
+    side_channels: Sequence[int] | None = None,
+    backbone_kwargs: Mapping[str, Any] | None = None,
+) -> CAMClassifier:
+    """Build a :class:`CAMClassifier`.
+
+    Args:
+        backbone: a registered backbone name (``resnet50`` for SFC, ``efficientnet_lite0`` for CPU runs).
+        num_classes: ``K``, all classes of the dataset including the background.
+        pretrained: ``None``, ``"imagenet"`` or a local weights file for the backbone.
+        output_stride: deepest-level stride (16 for IRN/SIPE/SFC).
+        frozen_stages, freeze_bn: backbone freezing (see :class:`~weakseg.models.backbones.Backbone`).
+            IRN/SIPE/SFC detach the output of ResNet ``layer2``, so stem, ``layer1`` and ``layer2`` never
+            learn: ``frozen_stages=3`` reproduces that; their BatchNorm statistics are fixed (``freeze_bn``).
+        background: background class index, or None (then every class has a CAM channel).
+        bg_threshold: background score of the tag-free ``"logits"``.
+        dilated: keep timm's dilated stride-capped stages; False (default) removes the dilation as in
+            IRN/SIPE/SFC (see :func:`remove_dilation`).
+        pcm, side_channels: SFC's heads (see :class:`CAMClassifier`).
+        backbone_kwargs: extra backbone options.
+    """
+    body = create_backbone(
+        backbone,
+        pretrained=pretrained,
+        output_stride=output_stride,
+        frozen_stages=frozen_stages,
+        freeze_bn=freeze_bn,
+        **dict(backbone_kwargs or {}),
+    )
+    if not dilated:
+        remove_dilation(body)
+    return CAMClassifier(
+        body,
+        num_classes,
+        background=background,
+        bg_threshold=bg_threshold,
+        pcm=pcm,
+        side_channels=side_channels,
+    )
