@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from weakseg.losses.sfc import max_normalize
 from weakseg.models.backbones import Backbone, Pretrained, create_backbone
+from weakseg.models.network import BackboneNetwork
 
 __all__ = [
     "DEFAULT_BG_THRESHOLD",
@@ -122,7 +123,7 @@ def remove_dilation(module: nn.Module) -> int:
     return changed
 
 
-class CAMClassifier(nn.Module):
+class CAMClassifier(BackboneNetwork):
     """Backbone + bias-free 1x1 classifier over the deepest level, with optional SFC heads.
 
     Args:
@@ -148,21 +149,17 @@ class CAMClassifier(nn.Module):
         pcm: bool = False,
         side_channels: Sequence[int] | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(backbone)
         fg_index = foreground_indices(num_classes, background)
         if not fg_index:
             raise ValueError(
                 f"a CAM classifier needs at least one foreground class (num_classes={num_classes})"
             )
-        self.backbone = backbone
         self.num_classes = int(num_classes)
         self.background = background
         self.num_foreground = len(fg_index)
         self.bg_threshold = float(bg_threshold)
-        self.output_stride = backbone.output_stride
         self.logits_stride = backbone.strides[-1]
-        self.register_buffer("mean", torch.tensor(backbone.mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(backbone.std).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("fg_index", torch.tensor(fg_index, dtype=torch.long), persistent=False)
         deep = backbone.channels[-1]
         self.classifier = nn.Conv2d(deep, self.num_foreground, 1, bias=False)
@@ -178,14 +175,6 @@ class CAMClassifier(nn.Module):
                 nn.Conv2d(c_in, int(c_out), 1, bias=False)
                 for c_in, c_out in zip(backbone.channels, side_channels)
             )
-
-    def normalize(self, image: Tensor) -> Tensor:
-        """RGB float ``[B, 3, H, W]`` in [0, 1] -> ``(image - mean) / std``."""
-        if image.ndim != 4 or image.shape[1] != 3:
-            raise ValueError(f"expected an image batch [B, 3, H, W], got shape {tuple(image.shape)}")
-        if not image.is_floating_point():
-            raise ValueError(f"expected a float image in [0, 1], got dtype {image.dtype}")
-        return (image - self.mean) / self.std
 
     def forward(self, image: Tensor) -> dict[str, Any]:
         """``image`` float ``[B, 3, H, W]`` in [0, 1] -> the output dict described in the module doc."""
@@ -223,16 +212,6 @@ class CAMClassifier(nn.Module):
                 s = F.interpolate(s, size=grid, mode="bilinear", align_corners=False)
             parts.append(s)
         return torch.cat(parts, dim=1)
-
-    def param_groups(self, trainable_only: bool = False) -> dict[str, list[nn.Parameter]]:
-        """``"backbone"`` (pretrained) and ``"head"`` (classifier, PCM and side convs: the new layers)."""
-        backbone_ids = {id(p) for p in self.backbone.parameters()}
-        groups: dict[str, list[nn.Parameter]] = {"backbone": [], "head": []}
-        for p in self.parameters():
-            if trainable_only and not p.requires_grad:
-                continue
-            groups["backbone" if id(p) in backbone_ids else "head"].append(p)
-        return groups
 
 
 def create_cam_classifier(

@@ -10,17 +10,17 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from weakseg.models.backbones import Backbone, Pretrained, available_backbones, create_backbone
 from weakseg.models.heads import available_heads, create_head
+from weakseg.models.network import BackboneNetwork
 
 __all__ = ["Segmentor", "available_backbones", "available_heads", "create_segmentor", "upsample_logits"]
 
 
-class Segmentor(nn.Module):
+class Segmentor(BackboneNetwork):
     """A backbone and a head; normalises its input with the backbone's ``mean``/``std``.
 
     Attributes:
@@ -30,24 +30,11 @@ class Segmentor(nn.Module):
     """
 
     def __init__(self, backbone: Backbone, head: nn.Module) -> None:
-        super().__init__()
-        self.backbone = backbone
+        super().__init__(backbone)
         self.head = head
-        # not saved in checkpoints: they follow from the backbone
-        self.register_buffer("mean", torch.tensor(backbone.mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(backbone.std).view(1, 3, 1, 1), persistent=False)
-        self.output_stride = backbone.output_stride
         self.logits_stride = head.output_stride
         self.num_classes = head.num_classes
         self.embed_dim = head.embed_dim
-
-    def normalize(self, image: Tensor) -> Tensor:
-        """RGB float ``[B, 3, H, W]`` in [0, 1] -> ``(image - mean) / std``, same shape."""
-        if image.ndim != 4 or image.shape[1] != 3:
-            raise ValueError(f"expected an image batch [B, 3, H, W], got shape {tuple(image.shape)}")
-        if not image.is_floating_point():
-            raise ValueError(f"expected a float image in [0, 1], got dtype {image.dtype}")
-        return (image - self.mean) / self.std
 
     def forward(self, image: Tensor) -> dict[str, Any]:
         """Run the network.
@@ -63,20 +50,6 @@ class Segmentor(nn.Module):
         features = self.backbone(self.normalize(image))
         logits, embedding = self.head(features)
         return {"logits": logits, "features": features, "embedding": embedding}
-
-    def param_groups(self, trainable_only: bool = False) -> dict[str, list[nn.Parameter]]:
-        """Parameters split for separate learning rates: ``"backbone"`` and ``"head"`` (all the rest).
-
-        Every parameter lands in exactly one group; modules added to a subclass count as ``"head"``.
-        With ``trainable_only`` the frozen ones (``requires_grad=False``) are left out.
-        """
-        backbone_ids = {id(p) for p in self.backbone.parameters()}
-        groups: dict[str, list[nn.Parameter]] = {"backbone": [], "head": []}
-        for p in self.parameters():
-            if trainable_only and not p.requires_grad:
-                continue
-            groups["backbone" if id(p) in backbone_ids else "head"].append(p)
-        return groups
 
 
 def create_segmentor(
