@@ -35,6 +35,7 @@ def trained(tmp_path_factory):
         "data.crop_size=[48,48]",
         "data.num_workers=0",
         "model.head=deeplabv2",
+        "model.head_channels=null",
         "train.steps=2",
         "train.batch_size=2",
         "train.val_every=2",

@@ -103,6 +103,7 @@ def test_pseudo_labels_make_a_trainable_dataset(cams):
         "data.num_workers=0",
         "model.pretrained=null",
         "model.head=deeplabv2",
+        "model.head_channels=null",
         "train.steps=1",
         "train.batch_size=2",
         "train.val_every=1",

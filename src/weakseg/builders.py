@@ -106,7 +106,8 @@ def build_model(
     except TypeError as err:
         if head_kwargs and "channels" in str(err):
             raise ConfigError(
-                f"model.head_channels is set but head '{m.head}' has no configurable width"
+                f"model.head_channels is set but head '{m.head}' has no configurable width "
+                "(set model.head_channels=null)"
             ) from err
         raise
 

@@ -27,7 +27,8 @@ def test_torchrun_two_processes(tmp_path):
         "-m", "weakseg", "train", "--device", "cpu", "--quiet", "--out", str(tmp_path / "run"),
         str(Path(__file__).resolve().parents[2] / "configs/pce/synthetic_effnetlite0.yaml"),
         f"data.root={tmp_path / 'syn'}", "data.crop_size=[48,48]", "data.num_workers=0",
-        "model.head=deeplabv2", "model.pretrained=null", "train.batch_size=2", "train.steps=3",
+        "model.head=deeplabv2", "model.head_channels=null", "model.pretrained=null",
+        "train.batch_size=2", "train.steps=3",
         "train.log_every=1", "train.val_every=2", "train.num_overlays=1",
     ]  # fmt: skip
     env = {"OMP_NUM_THREADS": "1", "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin"}
