@@ -4,25 +4,16 @@ on a tiny synthetic set with a 2-step ``cam`` checkpoint."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from cli_helpers import run_weakseg as weakseg
+
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow  # subprocesses, each importing torch, and a short training run
-
-
-def weakseg(*args: str, cwd: Path, ok: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [sys.executable, "-m", "weakseg", *args], cwd=cwd, capture_output=True, text=True, timeout=600
-    )
-    if ok:
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
 
 
 @pytest.fixture(scope="module")
