@@ -42,11 +42,11 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from weakseg.cam.seeds import check_dataset_matches, combine_cams, resolve_weights
-from weakseg.cam.store import CamRecord, cam_file, load_cam_meta, load_cams
+from weakseg.cam.store import SamplesWithCams, keep_as_list, load_cam_meta
 from weakseg.io import DataError, atomic_save_label_png, atomic_write_json
 from weakseg.metrics import ConfusionMatrix, nanmean, per_class_iou
 from weakseg.postprocess.crf import CRFParams, dense_crf, pydensecrf_reference, unary_from_labels
@@ -259,26 +259,6 @@ def derived_dataset_json(
 # --------------------------------------------------------------------------------------------------
 # A whole split
 # --------------------------------------------------------------------------------------------------
-class _ImagesAndCams(Dataset):
-    """(id, image uint8 [H, W, 3], mask uint8 [H, W] or None, CamRecord) per sample."""
-
-    def __init__(self, dataset: Any, cam_dir: Path) -> None:
-        self.dataset = dataset
-        self.cam_dir = cam_dir
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> tuple[str, np.ndarray, np.ndarray | None, CamRecord]:
-        sid = self.dataset.ids[index]
-        raw = self.dataset.load_raw(index)
-        return sid, raw["image"], raw.get("mask"), load_cams(cam_file(self.cam_dir, sid))
-
-
-def _collate_list(batch: list[Any]) -> list[Any]:
-    return batch
-
-
 def _stats(matrix: ConfusionMatrix, num_classes: int, class_names: Sequence[str]) -> dict[str, Any]:
     """Quality of pseudo-labels against the masks from a (K+1)-class matrix whose last column
     counts ignored pixels (its last row is zero)."""
@@ -341,30 +321,31 @@ def make_pseudo_labels(
     matrix = ConfusionMatrix(k + 1, ignore_index=IGNORE_INDEX)
     has_masks = "mask" in getattr(dataset, "keys", [])
     loader = DataLoader(
-        _ImagesAndCams(dataset, cam_dir),
+        SamplesWithCams(dataset, cam_dir),
         batch_size=batch_size,
         shuffle=False,
         num_workers=num_workers,
-        collate_fn=_collate_list,
+        collate_fn=keep_as_list,
     )
     bar = tqdm(total=len(dataset), desc=f"pseudo-labels ({params.crf} crf)", unit="img", disable=not progress)
     for items in loader:
         groups: dict[tuple[int, ...], list[Any]] = {}
         for item in items:
-            groups.setdefault(item[1].shape, []).append(item)
+            groups.setdefault(item[1]["image"].shape, []).append(item)
         for group in groups.values():
             images = torch.stack(
-                [torch.from_numpy(np.ascontiguousarray(it[1])).permute(2, 0, 1) for it in group]
+                [torch.from_numpy(np.ascontiguousarray(it[1]["image"])).permute(2, 0, 1) for it in group]
             )
-            combined = [combine_cams(it[3].cams, chosen).to(device) for it in group]
+            combined = [combine_cams(it[2].cams, chosen).to(device) for it in group]
             labels = ir_labels(
                 combined,
-                [it[3].keys for it in group],
+                [it[2].keys for it in group],
                 images.to(device),
                 background=dataset.background,
                 params=params,
             ).cpu()
-            for (sid, _image, mask, _record), label in zip(group, labels):
+            for (sid, raw, _record), label in zip(group, labels):
+                mask = raw.get("mask")
                 atomic_save_label_png(out / "pseudo" / f"{sid}.png", label.numpy().astype(np.uint8), palette)
                 if has_masks and mask is not None:
                     pred = torch.where(label == IGNORE_INDEX, torch.full_like(label, k), label)

@@ -40,10 +40,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from weakseg.cam.store import CamRecord, cam_file, load_cam_meta, load_cams
+from weakseg.cam.store import SamplesWithCams, keep_as_list, load_cam_meta
 from weakseg.io import DataError, atomic_write_json
 from weakseg.metrics import metrics_from_matrix, nanmean, per_class_iou, pixel_accuracy
 from weakseg.viz import plot_metric_vs, plot_per_class_bar
@@ -235,28 +235,6 @@ class SeedSweep:
 # --------------------------------------------------------------------------------------------------
 # Evaluating a CAM folder
 # --------------------------------------------------------------------------------------------------
-def _identity(sample: Any) -> Any:
-    return sample
-
-
-class _CamsAndMasks(Dataset):
-    """(id, ground-truth mask uint8 [H, W], CamRecord) per sample, for a DataLoader."""
-
-    def __init__(self, dataset: Any, cam_dir: Path) -> None:
-        self.dataset = dataset
-        self.cam_dir = cam_dir
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> tuple[str, np.ndarray, CamRecord]:
-        sid = self.dataset.ids[index]
-        raw = self.dataset.load_raw(index)
-        if "mask" not in raw:
-            raise DataError(f"sample {sid!r} has no mask: seed evaluation needs dense ground truth")
-        return sid, raw["mask"], load_cams(cam_file(self.cam_dir, sid))
-
-
 def check_dataset_matches(meta: Mapping[str, Any], dataset: Any, cam_dir: str | os.PathLike) -> None:
     """Raise :class:`DataError` when ``dataset``'s classes or background differ from the CAM folder's."""
     if list(meta["classes"] or []) != list(dataset.classes):
@@ -296,16 +274,16 @@ def evaluate_seeds(
     chosen = resolve_weights(meta["cam_keys"], weights if weights is not None else meta.get("weights"))
     sweep = SeedSweep(dataset.num_classes, dataset.background, thresholds, device=device)
     loader = DataLoader(
-        _CamsAndMasks(dataset, cam_dir),
+        SamplesWithCams(dataset, cam_dir),
         batch_size=None,
         shuffle=False,
         num_workers=num_workers,
-        collate_fn=_identity,
+        collate_fn=keep_as_list,
     )
-    for _sid, mask, record in tqdm(
-        loader, desc="seeds", unit="img", disable=not progress, dynamic_ncols=True
-    ):
-        sweep.update(combine_cams(record.cams, chosen), record.keys, torch.as_tensor(np.asarray(mask)))
+    for sid, raw, record in tqdm(loader, desc="seeds", unit="img", disable=not progress, dynamic_ncols=True):
+        if "mask" not in raw:
+            raise DataError(f"sample {sid!r} has no mask: seed evaluation needs dense ground truth")
+        sweep.update(combine_cams(record.cams, chosen), record.keys, torch.as_tensor(np.asarray(raw["mask"])))
     result = sweep.compute(dataset.classes)
     result["weights"] = chosen
     result["num_images"] = len(dataset)

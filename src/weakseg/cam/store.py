@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from torch.utils.data import Dataset
 
 from weakseg.io import DataError, atomic_write, atomic_write_json
 
@@ -139,3 +140,27 @@ def load_cam_meta(cam_dir: str | os.PathLike) -> dict[str, Any]:
     if meta.get("format_version") != FORMAT_VERSION:
         raise DataError(f"{path}: unsupported format_version {meta.get('format_version')!r}")
     return meta
+
+
+class SamplesWithCams(Dataset):
+    """(id, raw sample dict, :class:`CamRecord`) per sample of ``dataset``, for a DataLoader.
+
+    The raw dict is the dataset's untransformed ``load_raw`` output (image uint8 [H, W, 3], mask
+    uint8 [H, W] when the dataset has masks, ...), so CAMs and labels stay at image resolution.
+    """
+
+    def __init__(self, dataset: Any, cam_dir: str | os.PathLike) -> None:
+        self.dataset = dataset
+        self.cam_dir = Path(cam_dir)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[str, dict[str, np.ndarray], CamRecord]:
+        sid = self.dataset.ids[index]
+        return sid, self.dataset.load_raw(index), load_cams(cam_file(self.cam_dir, sid))
+
+
+def keep_as_list(batch: Any) -> Any:
+    """DataLoader ``collate_fn`` that leaves samples as they are (sizes differ between images)."""
+    return batch
