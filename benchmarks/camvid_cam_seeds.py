@@ -41,6 +41,12 @@ def parse_args() -> argparse.Namespace:
         "--scales", type=float, nargs="+", default=[1.0, 0.5, 1.5, 2.0], help="CAM inference scales"
     )
     p.add_argument(
+        "--crf",
+        choices=["torch", "pydensecrf"],
+        default=None,
+        help="CRF of the refined pseudo-labels (default: torch on GPU, pydensecrf on CPU)",
+    )
+    p.add_argument(
         "--crf-scale", type=float, default=None, help="CRF grid scale (default: 1 on GPU, 0.25 on CPU)"
     )
     p.add_argument("--pseudo-every", type=int, default=1, help="pseudo-labels for every k-th train image")

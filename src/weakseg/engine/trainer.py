@@ -216,6 +216,8 @@ def _train(cfg: Config, info: DistInfo, *, resume: str | Path | None, progress: 
     ckpt = load_checkpoint(resume, map_location="cpu") if resume else None
     model = build_model(cfg, train_set.num_classes, background=train_set.background, pretrained=ckpt is None)
     method = build_method_for(cfg, train_set)
+    for key, map_fn in method.dataset_maps().items():
+        train_set.add_map(key, map_fn)
     method.setup(model)
     fitted = method.fit_dataset(train_set, batch_size=cfg.train.batch_size, progress=progress)
     if fitted is not None and info.is_main:

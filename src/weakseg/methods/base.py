@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
+
+import numpy as np
 
 import torch
 from torch import nn
@@ -56,6 +59,15 @@ class Method(nn.Module):
         """Called once with the training set before training (e.g. class statistics); returns what
         it measured (logged in the run folder) or None."""
         return None
+
+    def dataset_maps(self) -> dict[str, Callable[[dict[str, np.ndarray]], np.ndarray]]:
+        """Float maps this method needs in its training samples, ``{key: fn(raw_sample) -> float32 [H, W]}``.
+
+        The engine attaches them with ``SegDataset.add_map``: each is computed on the untransformed
+        sample (image and label maps loaded) and then follows the augmentations, arriving in the batch
+        as ``batch[key]`` ``[B, H, W]`` (e.g. CDSP's distance maps). Functions must be picklable.
+        """
+        return {}
 
     def run_model(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
         """The network outputs of one training step (default: one forward pass on ``batch["image"]``)."""

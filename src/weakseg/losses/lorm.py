@@ -1,0 +1,104 @@
+"""CDSP's localization rectification module (LoRM) and its loss, without the (HW)×(HW) matrix.
+
+LoRM re-estimates each foreground feature as an attention-weighted average of all features of its
+image, with cosine similarities as scores (no temperature)::
+
+    q = W_q F,  k = W_k F                       (1×1 convs, C → C)
+    A_ij = softmax_j(cos(q_i, k_j))
+    F̂_i = δ · M_i · Σ_j A_ij F_j                (M_i = 1 where the pseudo-label at i is foreground)
+    L_lorm = MSE(F, F̂)
+
+Because ``M`` scales whole rows *after* the softmax, ``F̂ = δ · M ⊙ attention(q̂, k̂, F)`` with
+L2-normalised ``q̂``, ``k̂`` and scale 1, which :func:`torch.nn.functional.scaled_dot_product_attention`
+evaluates without building ``A`` (O(HW) memory). :func:`lorm_attention_explicit` is the matrix form the
+tests compare against.
+
+``F`` is not detached: the loss trains the backbone to produce features that the rectified
+(self-attended) features can reproduce; ``F̂`` feeds only the loss, the classifier still reads ``F``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["LORM_REDUCTIONS", "LoRM", "lorm_attention", "lorm_attention_explicit", "lorm_loss"]
+
+LORM_REDUCTIONS = ("authors", "foreground")
+
+
+def _tokens(x: Tensor) -> Tensor:
+    """``[B, C, h, w]`` → ``[B, 1, h*w, C]`` (one attention head)."""
+    return x.flatten(2).transpose(1, 2).unsqueeze(1)
+
+
+def _check(q: Tensor, k: Tensor, v: Tensor, row_mask: Tensor) -> None:
+    if q.shape != k.shape or q.shape[0] != v.shape[0] or q.shape[2:] != v.shape[2:]:
+        raise ValueError(f"q {tuple(q.shape)}, k {tuple(k.shape)} and v {tuple(v.shape)} must share B, h, w")
+    if row_mask.shape != (v.shape[0], *v.shape[2:]):
+        raise ValueError(f"row_mask has shape {tuple(row_mask.shape)}, expected {(v.shape[0], *v.shape[2:])}")
+
+
+def lorm_attention(q: Tensor, k: Tensor, v: Tensor, row_mask: Tensor) -> Tensor:
+    """``M ⊙ softmax(q̂ k̂ᵀ) v`` through fused attention.
+
+    Args:
+        q, k: ``[B, C_qk, h, w]`` queries and keys (cosine-normalised here over channels).
+        v: ``[B, C, h, w]`` values (the features).
+        row_mask: ``[B, h, w]`` bool or float, 1 where the query position keeps its output.
+
+    Returns:
+        ``[B, C, h, w]``.
+    """
+    _check(q, k, v, row_mask)
+    b, c, h, w = v.shape
+    qn = F.normalize(_tokens(q), dim=-1)
+    kn = F.normalize(_tokens(k), dim=-1)
+    out = F.scaled_dot_product_attention(qn, kn.to(qn.dtype), _tokens(v).to(qn.dtype), scale=1.0)
+    out = out.squeeze(1).transpose(1, 2).reshape(b, c, h, w)
+    return out * row_mask.to(out.dtype).unsqueeze(1)
+
+
+def lorm_attention_explicit(q: Tensor, k: Tensor, v: Tensor, row_mask: Tensor) -> Tensor:
+    """The same as :func:`lorm_attention` with the ``[B, hw, hw]`` matrix built (reference only)."""
+    _check(q, k, v, row_mask)
+    b, c, h, w = v.shape
+    qn = F.normalize(q.flatten(2), dim=1)  # [B, C, N]
+    kn = F.normalize(k.flatten(2), dim=1)
+    attn = torch.softmax(qn.transpose(1, 2) @ kn, dim=-1)  # [B, N, N]
+    out = (v.flatten(2) @ attn.transpose(1, 2)).reshape(b, c, h, w)
+    return out * row_mask.to(out.dtype).unsqueeze(1)
+
+
+def lorm_loss(features: Tensor, rectified: Tensor, row_mask: Tensor, reduction: str = "authors") -> Tensor:
+    """MSE between the features ``F`` and their rectification ``F̂`` (both ``[B, C, h, w]``).
+
+    ``reduction="authors"`` (default, as the CDSP authors' code): ``Σ (F − F̂)² / #{(F − F̂)² ≠ 0}``
+    over all positions; ``F̂ = 0`` off the foreground, so the loss also pulls background features
+    toward 0. ``"foreground"``: the mean over the positions of ``row_mask`` only (0 without any).
+    """
+    sq = (features.float() - rectified.float()).square()
+    if reduction == "authors":
+        return sq.sum() / torch.count_nonzero(sq.detach()).clamp_min(1)
+    if reduction == "foreground":
+        keep = row_mask.to(sq.dtype).unsqueeze(1)
+        return (sq * keep).sum() / (keep.sum() * sq.shape[1]).clamp_min(1)
+    raise ValueError(f"lorm reduction is {reduction!r}; expected one of {LORM_REDUCTIONS}")
+
+
+class LoRM(nn.Module):
+    """The module: query/key 1×1 convolutions (C → C) and the learnable scale δ (init 1).
+
+    ``forward(features [B, C, h, w], foreground [B, h, w]) -> F̂ [B, C, h, w]``.
+    """
+
+    def __init__(self, channels: int, delta_init: float = 1.0) -> None:
+        super().__init__()
+        self.query = nn.Conv2d(channels, channels, kernel_size=1)
+        self.key = nn.Conv2d(channels, channels, kernel_size=1)
+        self.delta = nn.Parameter(torch.tensor(float(delta_init)))
+
+    def forward(self, features: Tensor, foreground: Tensor) -> Tensor:
+        attended = lorm_attention(self.query(features), self.key(features), features, foreground)
+        return self.delta.to(attended.dtype) * attended
