@@ -31,6 +31,18 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
         metavar=("H", "W"),
         help="run the network at H x W and map back",
     )
+    p.add_argument(
+        "--crf",
+        action="store_true",
+        default=None,
+        help="refine the probabilities with a dense CRF before the arg-max (slow on CPU; see --crf-scale)",
+    )
+    p.add_argument(
+        "--crf-scale",
+        type=float,
+        default=None,
+        help="run the CRF on a grid resized by this factor in (0, 1], e.g. 0.5 (default: eval.crf_scale)",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
 
 
@@ -44,6 +56,10 @@ def _inference_overrides(args: argparse.Namespace) -> list[str]:
         out.append(f"eval.window={args.window}")
     if args.resize:
         out.append(f"eval.resize=[{args.resize[0]},{args.resize[1]}]")
+    if args.crf:
+        out.append("eval.crf=true")
+    if args.crf_scale is not None:
+        out.append(f"eval.crf_scale={args.crf_scale}")
     return out
 
 
@@ -254,6 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
     from weakseg.cli_cam import add_cam_parsers
 
     add_cam_parsers(sub)
+
+    from weakseg.cli_robustness import add_robustness_parser
+
+    add_robustness_parser(sub)
 
     p = sub.add_parser("methods", help="list the training methods and their parameters")
     p.set_defaults(func=cmd_methods)

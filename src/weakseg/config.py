@@ -113,6 +113,8 @@ class EvalConfig:
     resize: list[int] | None = None  # run the network at this [H, W] and map predictions back
     volume_dice: bool | None = None  # per-volume 3-D Dice (auto: on for slice ids like ACDC's)
     batch_size: int = 1
+    crf: bool = False  # refine the averaged probabilities with a dense CRF before the arg-max
+    crf_scale: float = 1.0  # run that CRF on a grid resized by this factor (< 1 is faster, e.g. on CPU)
 
 
 @dataclass

@@ -175,3 +175,117 @@ def test_no_grad_and_bfloat16_autocast():
     probs = predict_probs(model, x, autocast_dtype=torch.bfloat16)
     assert probs.dtype == torch.float32 and not probs.requires_grad
     torch.testing.assert_close(probs, predict_probs(model, x), atol=3e-2, rtol=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# optional dense CRF at test time (eval.crf)
+# --------------------------------------------------------------------------------------------------
+class FixedLogitsModel(nn.Module):
+    """Returns stored logits [1, K, h, w] whatever the input (a noisy classifier of a known scene)."""
+
+    def __init__(self, logits: torch.Tensor):
+        super().__init__()
+        self.register_buffer("logits", logits)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        assert tuple(x.shape[-2:]) == tuple(self.logits.shape[-2:])
+        return {"logits": self.logits.expand(x.shape[0], -1, -1, -1)}
+
+
+def _noisy_two_region_scene(h: int = 16, w: int = 20, seed: int = 0):
+    """A dark left half (class 0) and a bright right half (class 1); logits right on 75% of pixels."""
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.zeros(1, h, w, dtype=torch.long)
+    labels[..., w // 2 :] = 1
+    image = torch.where(labels.bool(), 0.85, 0.15).float().unsqueeze(1).expand(1, 3, h, w).contiguous()
+    flipped = torch.rand(1, h, w, generator=gen) < 0.25
+    noisy = torch.where(flipped, 1 - labels, labels)
+    logits = F.one_hot(noisy, 2).permute(0, 3, 1, 2).float() * 1.5
+    return image, labels, logits
+
+
+def test_crf_refines_the_averaged_probabilities_exactly_as_the_postprocess_hook():
+    from weakseg.postprocess.crf import CRFParams, refine_probs_with_crf
+
+    image, labels, logits = _noisy_two_region_scene()
+    model = FixedLogitsModel(logits)
+    params = CRFParams.postprocess()
+    plain = predict_probs(model, image)
+    refined = predict_probs(model, image, crf=params)
+    torch.testing.assert_close(refined, refine_probs_with_crf(plain, image, params), rtol=0, atol=1e-6)
+    torch.testing.assert_close(refined.sum(1), torch.ones(1, 16, 20), rtol=0, atol=1e-5)
+    assert not torch.allclose(refined, plain, atol=1e-3)
+    errors_before = (plain.argmax(1) != labels).double().mean().item()
+    errors_after = (predict_labels(model, image, crf=params) != labels).double().mean().item()
+    assert errors_before > 0.15 and errors_after < 0.5 * errors_before
+
+
+def test_crf_runs_at_the_output_size_on_the_resized_image():
+    from weakseg.postprocess.crf import CRFParams, refine_probs_with_crf
+
+    image, _, logits = _noisy_two_region_scene(h=8, w=10, seed=1)
+    model = FixedLogitsModel(logits)
+    params = CRFParams.postprocess(num_iters=3)
+    plain = predict_probs(model, image, out_size=(16, 20))
+    refined = predict_probs(model, image, out_size=(16, 20), crf=params)
+    guide = F.interpolate(image, size=(16, 20), mode="bilinear", align_corners=False)
+    assert refined.shape == (1, 2, 16, 20)
+    torch.testing.assert_close(refined, refine_probs_with_crf(plain, guide, params), rtol=0, atol=1e-6)
+
+
+def test_inference_options_read_the_crf_settings():
+    from weakseg.config import ConfigError, EvalConfig
+    from weakseg.engine.inference import crf_params, inference_options
+    from weakseg.postprocess.crf import CRFParams
+
+    assert inference_options(EvalConfig())["crf"] is None
+    assert inference_options(EvalConfig(crf=True))["crf"] == CRFParams.postprocess()
+    assert crf_params(EvalConfig(crf=True, crf_scale=0.5)) == CRFParams.postprocess(scale=0.5)
+    with pytest.raises(ConfigError, match="eval.crf_scale"):
+        crf_params(EvalConfig(crf=True, crf_scale=0.0))
+
+
+def test_evaluate_applies_and_reports_the_crf():
+    from weakseg.engine.evaluation import evaluate
+    from weakseg.postprocess.crf import CRFParams
+
+    image, labels, logits = _noisy_two_region_scene(seed=2)
+
+    class OneSample(torch.utils.data.Dataset):
+        classes, num_classes, ignore_index, background = ["dark", "bright"], 2, 255, None
+
+        def __len__(self) -> int:
+            return 1
+
+        def __getitem__(self, i: int) -> dict:
+            return {"image": image[0], "mask": labels[0], "id": "s0"}
+
+    model = FixedLogitsModel(logits)
+    plain = evaluate(model, OneSample(), progress=False, volume_dice=False)
+    params = CRFParams.postprocess()
+    refined = evaluate(model, OneSample(), progress=False, volume_dice=False, crf=params)
+    assert plain["inference"]["crf"] is None
+    assert refined["inference"]["crf"]["num_iters"] == params.num_iters
+    assert refined["mIoU"] > plain["mIoU"] + 0.1
+    expected = predict_labels(model, image, crf=params)
+    pixel_accuracy = (expected == labels).double().mean().item()
+    assert refined["pixel_accuracy"] == pytest.approx(pixel_accuracy)
+
+
+def test_crf_config_round_trip_and_cli_flags():
+    from weakseg.cli import _inference_overrides, build_parser
+    from weakseg.config import config_from_dict, config_to_dict, load_config, to_yaml
+
+    cfg = load_config(None, ["eval.crf=true", "eval.crf_scale=0.5"])
+    assert cfg.eval.crf is True and cfg.eval.crf_scale == 0.5
+    again = config_from_dict(config_to_dict(cfg))
+    assert again.eval == cfg.eval
+    assert "crf: true" in to_yaml(cfg)
+    # checkpoints written before the option existed load with the CRF off
+    old = config_to_dict(load_config(None))
+    del old["eval"]["crf"], old["eval"]["crf_scale"]
+    assert config_from_dict(old).eval.crf is False
+    for command in (["evaluate", "run/last.ckpt"], ["predict", "run/last.ckpt", "img.png", "--out", "o"]):
+        args = build_parser().parse_args([*command, "--crf", "--crf-scale", "0.25"])
+        assert _inference_overrides(args) == ["eval.crf=true", "eval.crf_scale=0.25"]
+        assert _inference_overrides(build_parser().parse_args(command)) == []

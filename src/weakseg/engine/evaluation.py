@@ -8,11 +8,12 @@ Dice, as ACDC results are published.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -25,6 +26,9 @@ from weakseg.engine.inference import predict_labels
 from weakseg.io import DataError, atomic_save_label_png, atomic_write_json
 from weakseg.metrics import ConfusionMatrix, VolumeDice, is_volume_slice_id
 from weakseg.viz import make_palette, plot_per_class_bar, save_overlay
+
+if TYPE_CHECKING:
+    from weakseg.postprocess.crf import CRFParams
 
 __all__ = ["evaluate", "write_evaluation_report"]
 
@@ -119,6 +123,7 @@ def evaluate(
     save_dir: str | os.PathLike | None = None,
     progress: bool = True,
     autocast_dtype: torch.dtype | None = None,
+    crf: CRFParams | None = None,
 ) -> dict[str, Any]:
     """Run ``model`` over ``dataset`` and score its predictions against each sample's ``"mask"``.
 
@@ -128,8 +133,9 @@ def evaluate(
         dataset: samples with ``"image"`` float32 ``[3, H, W]``, ``"mask"`` int64 ``[H', W']``
             (``ignore_index`` skipped) and ``"id"``; attributes ``classes``, ``num_classes``,
             ``ignore_index`` and optionally ``background``.
-        scales, flip, window, window_stride, resize, autocast_dtype: test-time options of
-            :func:`~weakseg.engine.inference.predict_probs`.
+        scales, flip, window, window_stride, resize, autocast_dtype, crf: test-time options of
+            :func:`~weakseg.engine.inference.predict_probs` (``crf``: dense-CRF refinement of the
+            probabilities at the mask resolution, ``None`` for none).
         batch_size, num_workers: data loading; samples of different sizes are run in separate batches.
         volume_dice: add per-volume 3-D Dice. ``None`` (auto) turns it on when every id has the ACDC
             slice form ``patientNNN_frameFF_slice_S``.
@@ -168,6 +174,7 @@ def evaluate(
         window_stride=window_stride,
         resize=resize,
         autocast_dtype=autocast_dtype,
+        crf=crf,
     )
     loader = DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate_list
@@ -220,6 +227,7 @@ def evaluate(
             "window": list(window) if isinstance(window, Sequence) else window,
             "window_stride": window_stride,
             "resize": list(resize) if resize is not None else None,
+            "crf": dataclasses.asdict(crf) if crf is not None else None,
         },
     }
     if volumes is not None and num_samples > 0:

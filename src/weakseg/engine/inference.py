@@ -9,20 +9,32 @@ the network's stride. For each scale s (and, with ``flip``, for the mirrored ima
    bilinearly to that scaled input size;
 3. softmax over classes, un-mirror, bilinear resize to the output size;
 
-and the probabilities of all passes are averaged.
+and the probabilities of all passes are averaged. With a ``crf`` setting, the averaged probabilities
+are then refined by the dense CRF of :func:`weakseg.postprocess.crf.refine_probs_with_crf` (at the
+output size, on the image resized to it) before any arg-max.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["predict_labels", "predict_probs", "sliding_window_logits", "window_positions"]
+if TYPE_CHECKING:
+    from weakseg.postprocess.crf import CRFParams
+
+__all__ = [
+    "crf_params",
+    "inference_options",
+    "predict_labels",
+    "predict_probs",
+    "sliding_window_logits",
+    "window_positions",
+]
 
 Size2 = tuple[int, int]
 
@@ -136,8 +148,9 @@ def predict_probs(
     resize: Sequence[int] | None = None,
     out_size: Sequence[int] | None = None,
     autocast_dtype: torch.dtype | None = None,
+    crf: CRFParams | None = None,
 ) -> torch.Tensor:
-    """Softmax probabilities averaged over scales and flips.
+    """Softmax probabilities averaged over scales and flips, optionally refined by a dense CRF.
 
     Args:
         model: maps ``[B, 3, h, w]`` to a dict with ``"logits"`` ``[B, K, h', w']``. Its train/eval
@@ -151,6 +164,9 @@ def predict_probs(
         resize: run the network on the image resized to this (h, w) (times each scale), e.g. 256x256.
         out_size: (H', W') of the result; default the input's (H, W).
         autocast_dtype: run the model under ``torch.autocast`` with this dtype (e.g. ``torch.bfloat16``).
+        crf: when given, the averaged probabilities go through
+            :func:`~weakseg.postprocess.crf.refine_probs_with_crf` with these settings, on ``images``
+            bilinearly resized to ``out_size`` (so the CRF runs at the output resolution).
 
     Returns:
         float32 ``[B, K, H', W']`` probabilities (each pixel sums to 1).
@@ -183,7 +199,18 @@ def predict_probs(
                 probs = _resize(probs, target)
                 total = probs if total is None else total + probs
     assert total is not None
-    return total / float(len(scales) * len(flips))
+    probs = total / float(len(scales) * len(flips))
+    if crf is not None:
+        probs = _refine_with_crf(probs, images, crf)
+    return probs
+
+
+def _refine_with_crf(probs: torch.Tensor, images: torch.Tensor, params: CRFParams) -> torch.Tensor:
+    """Dense-CRF marginals ``[B, K, H', W']`` of ``probs`` ``[B, K, H', W']`` with ``images`` as guide."""
+    from weakseg.postprocess.crf import refine_probs_with_crf
+
+    guide = _resize(images.float(), tuple(probs.shape[-2:])).clamp(0.0, 1.0)
+    return refine_probs_with_crf(probs, guide.to(probs.device), params)
 
 
 def predict_labels(model: nn.Module, images: torch.Tensor, **kwargs: Any) -> torch.Tensor:
@@ -191,12 +218,28 @@ def predict_labels(model: nn.Module, images: torch.Tensor, **kwargs: Any) -> tor
     return predict_probs(model, images, **kwargs).argmax(dim=1)
 
 
+def crf_params(eval_cfg: Any) -> CRFParams | None:
+    """The test-time CRF of an ``EvalConfig``: ``None`` when ``eval.crf`` is off, else
+    :meth:`CRFParams.postprocess` (DeepLab-style settings) on a grid scaled by ``eval.crf_scale``."""
+    if not getattr(eval_cfg, "crf", False):
+        return None
+    from weakseg.config import ConfigError
+    from weakseg.postprocess.crf import CRFParams
+
+    scale = float(getattr(eval_cfg, "crf_scale", 1.0))
+    if not 0.0 < scale <= 1.0:
+        raise ConfigError(f"config key 'eval.crf_scale' is {scale}; expected a grid scale in (0, 1]")
+    return CRFParams.postprocess(scale=scale)
+
+
 def inference_options(eval_cfg: Any) -> dict[str, Any]:
-    """The :func:`predict_probs` keyword arguments set by an ``EvalConfig`` (scales, flip, window, resize)."""
+    """The :func:`predict_probs` keyword arguments set by an ``EvalConfig``
+    (scales, flip, window, resize and the optional dense CRF)."""
     return {
         "scales": tuple(eval_cfg.scales),
         "flip": eval_cfg.flip,
         "window": eval_cfg.window,
         "window_stride": eval_cfg.window_stride,
         "resize": tuple(eval_cfg.resize) if eval_cfg.resize else None,
+        "crf": crf_params(eval_cfg),
     }
