@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
-import time
 
 import torch
 
+from measure import time_and_peak
 from weakseg.losses.pairwise_kernel import (
     gaussian_affinity_apply,
     kernel_features_rgbxy,
@@ -39,39 +38,6 @@ def _inputs(size: int, batch: int, channels: int, device: str) -> tuple[torch.Te
     return feats, vals
 
 
-def _rss_kib() -> tuple[int, int]:
-    """(current, peak) resident set size of this process in KiB."""
-    fields = {}
-    with open("/proc/self/status") as status:
-        for line in status:
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                fields[key] = int(value.split()[0])
-    return fields["VmRSS"], fields["VmHWM"]
-
-
-def _reset_cpu_peak() -> int:
-    """Reset the peak-RSS high-water mark where Linux allows it; return the baseline in bytes."""
-    try:
-        with open("/proc/self/clear_refs", "w") as refs:
-            refs.write("5")
-        return _rss_kib()[0] * 1024
-    except OSError:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def _cpu_peak() -> int:
-    try:
-        return _rss_kib()[1] * 1024
-    except (OSError, KeyError):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def _measure(kind: str, size: int, batch: int, channels: int, device: str, repeats: int) -> dict:
     """Best-of-``repeats`` time (s) and peak memory (MiB) of one evaluation; runs in this process."""
     feats, vals = _inputs(size, batch, channels, device)
@@ -84,24 +50,11 @@ def _measure(kind: str, size: int, batch: int, channels: int, device: str, repea
             out = fn(feats, vals, include_self=True)
             if kind == "fused_fwd_bwd":
                 out.sum().backward()
-        _sync(device)
         return out
 
     # the first call alone gives the peak memory; the time is the best of it and ``repeats`` more
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = _reset_cpu_peak()
-    start = time.perf_counter()
-    out = call()
-    best = time.perf_counter() - start
-    peak = (torch.cuda.max_memory_allocated() if device == "cuda" else _cpu_peak()) - base
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = call()
-        best = min(best, time.perf_counter() - start)
-    return {"time_s": best, "peak_mib": peak / 2**20, "out": out.detach().double().sum().item()}
+    best, peak_mib, out = time_and_peak(call, device, repeats)
+    return {"time_s": best, "peak_mib": peak_mib, "out": out.detach().double().sum().item()}
 
 
 def _run_isolated(kind: str, size: int, args: argparse.Namespace) -> dict:

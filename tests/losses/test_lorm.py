@@ -73,3 +73,14 @@ def test_shape_errors_are_clear() -> None:
     q, k, v, mask = _inputs()
     with pytest.raises(ValueError, match="row_mask"):
         lorm_attention(q, k, v, mask[:, :2])
+
+
+def test_inputs_are_eligible_for_the_fused_kernel() -> None:
+    """With only the flash backend allowed, an ineligible layout (e.g. channels not contiguous) raises
+    instead of silently building the (HW)x(HW) matrix."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q, k, v, mask = (t.float() if t.is_floating_point() else t for t in _inputs())
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        out = lorm_attention(q, k, v, mask)
+    torch.testing.assert_close(out, lorm_attention_explicit(q, k, v, mask), atol=1e-5, rtol=1e-5)

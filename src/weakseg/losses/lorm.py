@@ -29,8 +29,9 @@ LORM_REDUCTIONS = ("authors", "foreground")
 
 
 def _tokens(x: Tensor) -> Tensor:
-    """``[B, C, h, w]`` → ``[B, 1, h*w, C]`` (one attention head)."""
-    return x.flatten(2).transpose(1, 2).unsqueeze(1)
+    """``[B, C, h, w]`` → ``[B, 1, h*w, C]`` (one attention head), contiguous: the fused kernels need
+    unit stride over channels, otherwise PyTorch silently takes the path that builds the matrix."""
+    return x.flatten(2).transpose(1, 2).unsqueeze(1).contiguous()
 
 
 def _check(q: Tensor, k: Tensor, v: Tensor, row_mask: Tensor) -> None:
