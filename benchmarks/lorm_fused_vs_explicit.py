@@ -19,8 +19,8 @@ import subprocess
 import sys
 
 import torch
-from measure import time_and_peak
 
+from measure import time_and_peak
 from weakseg.losses.lorm import lorm_attention, lorm_attention_explicit
 
 FORMS = {"fused": lorm_attention, "explicit": lorm_attention_explicit}

@@ -13,6 +13,15 @@ and seed, then is evaluated on the val split. Datasets:
     .venv/bin/python benchmarks/quality_equal_budget.py --dataset camvid \\
         --variants pce rloss gatedcrf dfr_shallow dfr_frozen dfr_dynamic dfr --steps 300
 
+CDSP variants (``cdsp``, ``cdsp_no_lorm``, ``cdsp_no_de``, ``cdsp_pseudo_only``) train on CAM pseudo-labels
+made first from the scribbles' class tags, with the same overrides: a ``cam`` classifier
+(``configs/cam/<dataset>_effnetlite0.yaml``, ``data.tags=scribbles``) trained for ``--cdsp-cam-steps``,
+multi-scale + flip CAMs of the train split, then ``weakseg pseudo-labels`` (``--cdsp-crf``); their quality
+against the train masks is printed too.
+
+    .venv/bin/python benchmarks/quality_equal_budget.py --dataset camvid --variants pce cdsp cdsp_no_lorm \
+        cdsp_no_de --steps 150 --cdsp-cam-steps 150
+
 Prints one row per variant (quality, training images/s, wall time) and each variant's quality and
 throughput relative to the first.
 """
@@ -41,6 +50,14 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "dfr_shallow": ("dfr", ["method.deep_kernel=none", "method.consistency_head=false"]),
     "dfr_frozen": ("dfr", ["method.deep_kernel=frozen", "method.consistency_head=false"]),
     "dfr_dynamic": ("dfr", ["method.consistency_head=false"]),
+    # CDSP and its ablations (need pseudo-labels: --cdsp-cam-steps makes them from the scribbles' tags)
+    "cdsp": ("cdsp", []),
+    "cdsp_no_lorm": ("cdsp", ["method.lorm=false"]),
+    "cdsp_no_de": ("cdsp", ["method.distance_entropy=false"]),
+    "cdsp_pseudo_only": (
+        "cdsp",
+        ["method.scribble_weight=0", "method.lorm=false", "method.distance_entropy=false"],
+    ),
 }
 
 
@@ -79,6 +96,48 @@ def config_for(variant: str, dataset: str, root: Path, args: argparse.Namespace,
     return load_config(path, overrides)
 
 
+def scribble_tag_pseudo_labels(dataset: str, root: Path, args: argparse.Namespace, out: Path) -> Path:
+    """CDSP's first stage: CAM pseudo-labels from the tags of the scribbles; returns the label folder."""
+    from weakseg.cam.pseudo_labels import PseudoLabelParams, make_pseudo_labels
+    from weakseg.cli_cam import make_cams
+    from weakseg.data import FolderDataset
+
+    stage = out / "cdsp_stage1"
+    cfg = load_config(
+        ROOT / "configs" / "cam" / f"{dataset}_effnetlite0.yaml",
+        [
+            f"data.root={root}",
+            "data.tags=scribbles",
+            f"train.steps={args.cdsp_cam_steps}",
+            f"train.batch_size={args.batch_size}",
+            f"train.val_every={args.cdsp_cam_steps}",
+            f"train.ckpt_every={args.cdsp_cam_steps}",
+            f"train.seed={args.seed}",
+            f"data.num_workers={args.workers}",
+            "train.num_overlays=0",
+            f"out_dir={stage / 'cam'}",
+            *args.set,
+        ],
+    )
+    start = time.perf_counter()
+    train(cfg, device="cpu", progress=False)
+    cams, _ = make_cams(
+        stage / "cam" / "last.ckpt", stage / "cams", split="train", num_workers=args.workers,
+        overwrite=True, device="cpu", progress=False,
+    )  # fmt: skip
+    train_set = FolderDataset(root, "train", load_scribbles=False, tags_source="none")
+    summary = make_pseudo_labels(
+        cams, train_set, stage / "pseudo_labels", params=PseudoLabelParams(crf=args.cdsp_crf), device="cpu",
+        num_workers=args.workers, progress=False,
+    )  # fmt: skip
+    quality = {k: v for k, v in summary["quality"].items() if not k.startswith("per_class")}
+    print(
+        f"cdsp stage 1 ({time.perf_counter() - start:.0f} s): pseudo-labels vs train masks {quality}",
+        flush=True,
+    )
+    return stage / "pseudo_labels" / "pseudo"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -93,13 +152,23 @@ def main() -> None:
     parser.add_argument(
         "--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for every variant"
     )
+    parser.add_argument(
+        "--cdsp-cam-steps", type=int, default=None, help="CAM classifier steps for CDSP (default: --steps)"
+    )
+    parser.add_argument("--cdsp-crf", choices=["pydensecrf", "torch", "none"], default="pydensecrf")
     args = parser.parse_args()
+    args.cdsp_cam_steps = args.cdsp_cam_steps or args.steps
 
     out = Path(args.out) / args.dataset
     root = dataset_root(args.dataset, Path(args.out))
     rows = {}
+    pseudo_dir = None
+    if any(VARIANTS[v][0] == "cdsp" for v in args.variants):
+        pseudo_dir = scribble_tag_pseudo_labels(args.dataset, root, args, out)
     for variant in args.variants:
         cfg = config_for(variant, args.dataset, root, args, out)
+        if VARIANTS[variant][0] == "cdsp":
+            cfg.data.pseudo_dir = str(pseudo_dir)
         start = time.perf_counter()
         result = train(cfg, device="cpu", progress=False)
         wall = time.perf_counter() - start

@@ -31,7 +31,9 @@ def test_fused_equals_explicit_values_and_gradients() -> None:
 
 def test_explicit_form_by_hand() -> None:
     """One image, two positions: softmax over cosine similarities, rows masked after the softmax."""
-    q = torch.tensor([[[[1.0, 0.0]]], [[[0.0, 2.0]]]]).permute(1, 0, 2, 3)  # [1, 2, 1, 2]: q_0=(1,0), q_1=(0,2)
+    q = torch.tensor([[[[1.0, 0.0]]], [[[0.0, 2.0]]]]).permute(
+        1, 0, 2, 3
+    )  # [1, 2, 1, 2]: q_0=(1,0), q_1=(0,2)
     k = q.clone()
     v = torch.tensor([[[[3.0, 5.0]]]])  # [1, 1, 1, 2]
     mask = torch.tensor([[[True, False]]])

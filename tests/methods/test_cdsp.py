@@ -54,7 +54,9 @@ def test_terms_are_the_paper_losses_and_lorm_trains_the_backbone() -> None:
     assert set(terms) == {"segs", "segc", "lorm", "ds", "dc"}
     logits = outputs["logits"]
     torch.testing.assert_close(terms["segs"], partial_cross_entropy(logits, batch["scribble"]))
-    torch.testing.assert_close(terms["segc"], partial_cross_entropy(logits, batch["pseudo"], label_smoothing=0.1))
+    torch.testing.assert_close(
+        terms["segc"], partial_cross_entropy(logits, batch["pseudo"], label_smoothing=0.1)
+    )
     torch.testing.assert_close(terms["dc"], distance_entropy_loss(logits, batch[BOUNDARY_MAP]))
     # LoRM's loss reaches its own parameters and the backbone, never the classifier
     model.zero_grad()

@@ -11,7 +11,6 @@ entropy is its intent, so the entropy is used here.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 

@@ -66,7 +66,9 @@ class CDSP(Method):
     def __init__(self, params: CDSPParams, **kw: Any):
         super().__init__(params, **kw)
         if params.lorm_reduction not in LORM_REDUCTIONS:
-            raise ValueError(f"method.lorm_reduction is {params.lorm_reduction!r}; expected one of {LORM_REDUCTIONS}")
+            raise ValueError(
+                f"method.lorm_reduction is {params.lorm_reduction!r}; expected one of {LORM_REDUCTIONS}"
+            )
         self.lorm: LoRM | None = None
 
     def dataset_maps(self) -> dict[str, Any]:
