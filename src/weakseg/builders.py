@@ -80,8 +80,9 @@ def method_requires(cfg: Config) -> tuple[str, ...]:
 def build_model(
     cfg: Config, num_classes: int, *, background: int | None = 0, pretrained: bool = True
 ) -> nn.Module:
-    """The network the configured method trains: a segmentor, or a CAM classifier for
-    image-level methods (``Method.model_kind == "classifier"``; ``model.head`` is then ignored).
+    """The network the configured method trains: a segmentor, a CAM classifier for
+    image-level methods (``Method.model_kind == "classifier"``; ``model.head`` is then ignored), or a
+    single-stage network (``"single_stage"``: shared backbone, CAM branch and segmentation head).
 
     ``pretrained=False`` skips weight loading (when a checkpoint's weights follow).
     """
@@ -102,6 +103,12 @@ def build_model(
         )
     head_kwargs = {"channels": m.head_channels} if m.head_channels is not None else None
     try:
+        if method_cls.model_kind == "single_stage":  # shared backbone: CAM branch + segmentation head
+            from weakseg.models.single_stage import create_single_stage
+
+            return create_single_stage(
+                backbone=m.backbone, head=m.head, head_kwargs=head_kwargs, background=background, **common
+            )
         return create_segmentor(backbone=m.backbone, head=m.head, head_kwargs=head_kwargs, **common)
     except TypeError as err:
         if head_kwargs and "channels" in str(err):

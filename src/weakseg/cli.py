@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -182,15 +183,22 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- methods
-def cmd_methods(args: argparse.Namespace) -> int:
-    import dataclasses
+def _default_of(field: dataclasses.Field) -> object:
+    """A dataclass field's default, calling its ``default_factory`` (lists, dicts)."""
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return None
 
+
+def cmd_methods(args: argparse.Namespace) -> int:
     from weakseg.methods import METHODS
 
     for name in sorted(METHODS):
         cls = METHODS[name]
         doc = (cls.__doc__ or "").strip().splitlines()[0]
-        params = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls.Params))
+        params = ", ".join(f"{f.name}={_default_of(f)!r}" for f in dataclasses.fields(cls.Params))
         print(f"{name:10s} {doc}\n{'':10s} needs: {', '.join(cls.requires) or '-'}; params: {params or '-'}")
     return 0
 

@@ -28,6 +28,12 @@ both maps of several images on the GPU; ``"pydensecrf"`` runs the same through
 :func:`~weakseg.postprocess.crf.pydensecrf_reference` (CPU); ``"none"`` keeps the raw arg-max maps.
 Images with fewer tagged classes than others in a batch get extra label channels with a huge
 energy, which never win and send no messages, so each image's CRF is the one it would have alone.
+
+**One implementation, offline and on the fly.** :func:`batched_ir_labels` applies the rule to a batch
+in *slot* layout (``[B, S, H, W]`` maps, the class of every slot, which slots are used), on the
+device and without host synchronisation. :func:`ir_labels` (the offline tool) packs each image's
+tagged classes into the first slots; :func:`cam_pseudo_labels` (single-stage training, e.g. ``aal``)
+turns a network's raw CAMs into one slot per foreground class, unused where the class is not tagged.
 """
 
 from __future__ import annotations
@@ -42,18 +48,22 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from weakseg.cam.inference import foreground_classes, normalise_cams
 from weakseg.cam.seeds import check_dataset_matches, combine_cams, resolve_weights
 from weakseg.cam.store import SamplesWithCams, keep_as_list, load_cam_meta
 from weakseg.io import DataError, atomic_save_label_png, atomic_write_json
 from weakseg.metrics import ConfusionMatrix, nanmean, per_class_iou
-from weakseg.postprocess.crf import CRFParams, dense_crf, pydensecrf_reference, unary_from_labels
+from weakseg.postprocess.crf import CRFParams, dense_crf, pydensecrf_reference
 from weakseg.viz import make_palette
 
 __all__ = [
     "PseudoLabelParams",
+    "batched_ir_labels",
+    "cam_pseudo_labels",
     "derived_dataset_json",
     "ir_labels",
     "make_pseudo_labels",
@@ -97,46 +107,102 @@ class PseudoLabelParams:
 # The labelling rule
 # --------------------------------------------------------------------------------------------------
 def _argmax_with_constant(cams: torch.Tensor, score: float) -> torch.Tensor:
-    """Arg-max over ``[score, cams…]`` -> int64 ``[H, W]`` in 0..n (0 where nothing beats ``score``;
-    ties go to 0 as ``np.argmax`` does)."""
-    if cams.shape[0] == 0:
-        return torch.zeros(cams.shape[-2:], dtype=torch.long, device=cams.device)
-    peak, arg = cams.max(dim=0)
+    """Arg-max over ``[score, slots…]`` of ``[N, S, H, W]`` maps -> int64 ``[N, H, W]`` in 0..S (0 where
+    no slot beats ``score``; ties go to the lower index as ``np.argmax`` does). Unused slots hold -inf."""
+    if cams.shape[1] == 0:
+        return torch.zeros((cams.shape[0], *cams.shape[-2:]), dtype=torch.long, device=cams.device)
+    peak, arg = cams.max(dim=1)
     return torch.where(peak > score, arg + 1, torch.zeros_like(arg))
 
 
-def _crf_label_maps(
-    maps: Sequence[torch.Tensor],
-    num_labels: Sequence[int],
+def _slot_label_unary(labels: torch.Tensor, present: torch.Tensor, gt_prob: float) -> torch.Tensor:
+    """The CRF unary of label maps over slots, pydensecrf's ``unary_from_labels`` for each image's own
+    label count, batched: ``[N, H, W]`` labels in 0..S (0 = the background / uncertain label) and
+    ``[N, S]`` used slots -> fp32 ``[N, S + 1, H, W]`` energies.
+
+    An image with ``n`` used slots has ``n + 1`` labels: its label gets ``-log(gt_prob)``, its other
+    labels ``-log((1 - gt_prob) / n)``, and unused slots ``_PAD_ENERGY`` (their marginal is exactly 0,
+    so they never win and send no messages: the CRF is the one the image would have alone).
+    """
+    n, s = present.shape
+    real_labels = present.sum(1, dtype=torch.float64) + 1.0  # [N]
+    off = (-torch.log((1.0 - gt_prob) / (real_labels - 1.0).clamp_min(1.0))).float()
+    on = off.new_full((), -math.log(gt_prob))
+    chosen = F.one_hot(labels, s + 1).permute(0, 3, 1, 2).bool()
+    unary = torch.where(chosen, on, off[:, None, None, None])
+    used = torch.cat([present.new_ones(n, 1), present], dim=1)[:, :, None, None]
+    return torch.where(used, unary, torch.full_like(unary, _PAD_ENERGY))
+
+
+def batched_ir_labels(
+    cams: torch.Tensor,
+    classes: torch.Tensor,
+    present: torch.Tensor,
     images: torch.Tensor,
-    params: PseudoLabelParams,
-) -> list[torch.Tensor]:
-    """CRF-refined label maps, IRN's ``crf_inference_label`` for each ``maps[i]`` (int64 [H, W] in
-    0..num_labels[i]-1) over ``images[i]`` (uint8 [3, H, W]); all maps share one size."""
-    if params.crf == "none":
-        return list(maps)
-    out: list[torch.Tensor | None] = [m if n < 2 else None for m, n in zip(maps, num_labels)]
-    todo = [i for i, n in enumerate(num_labels) if n >= 2]  # one label: nothing to decide
-    if not todo:
-        return list(maps)
-    k_max = max(num_labels[i] for i in todo)
-    unaries = []
-    for i in todo:
-        unary = unary_from_labels(maps[i][None], num_labels[i], params.crf_params.gt_prob)[0]
-        if num_labels[i] < k_max:
-            pad = unary.new_full((k_max - num_labels[i], *unary.shape[-2:]), _PAD_ENERGY)
-            unary = torch.cat([unary, pad])
-        unaries.append(unary)
-    unary_b = torch.stack(unaries)
-    image_b = images[todo]
-    if params.crf == "torch":
-        q = dense_crf(unary_b, image_b, params=params.crf_params, input_type="unary")
-    else:
-        q = pydensecrf_reference(unary_b, image_b, params=params.crf_params, input_type="unary")
-    refined = q.argmax(1).to(maps[0].device)
-    for j, i in enumerate(todo):
-        out[i] = refined[j]
-    return [m for m in out if m is not None]
+    *,
+    background: int | None,
+    params: PseudoLabelParams = PseudoLabelParams(),
+    valid: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The pseudo-label rule of the module doc on a batch in *slot* layout, all on the maps' device.
+
+    This is the one implementation behind both the offline tool (:func:`ir_labels`, which packs each
+    image's tagged classes into the first slots) and on-the-fly pseudo masks during training
+    (:func:`cam_pseudo_labels`, one slot per foreground class). It has no host synchronisation
+    (no ``.item()``/``.cpu()``, no data-dependent Python branch) when ``params.crf`` is "torch" or
+    "none" and ``images`` is uint8.
+
+    Args:
+        cams: float ``[B, S, H, W]`` combined, max-normalised CAMs, one per slot.
+        classes: int64 ``[B, S]`` the dataset class of every slot.
+        present: bool ``[B, S]`` slots in use (the image's tagged foreground classes); unused slots
+            never win, whatever their maps hold.
+        images: uint8 ``[B, 3, H, W]`` (0..255) or float in [0, 1], for the CRF.
+        background: the dataset's background class, or None (no background: uncertain pixels 255).
+        params: thresholds and CRF.
+        valid: optional bool ``[B, H, W]``: pixels outside (crop padding) are 255 and take no part in
+            the CRF.
+
+    Returns:
+        int64 ``[B, H, W]``: class ids, 255 where uncertain.
+    """
+    if cams.ndim != 4 or classes.shape != cams.shape[:2] or present.shape != cams.shape[:2]:
+        raise ValueError(
+            f"expected cams [B, S, H, W] with classes and present [B, S]; got {tuple(cams.shape)}, "
+            f"{tuple(classes.shape)} and {tuple(present.shape)}"
+        )
+    if images.shape[0] != cams.shape[0] or tuple(images.shape[-2:]) != tuple(cams.shape[-2:]):
+        raise ValueError(f"images {tuple(images.shape)} do not match the CAMs {tuple(cams.shape)}")
+    batch = cams.shape[0]
+    alt = IGNORE_INDEX if background is None else background
+    first_score = params.uncertain_threshold if background is None else params.fg_threshold
+    present = present.bool()
+    masked = cams.float().masked_fill(~present[:, :, None, None], -math.inf)
+    maps = [_argmax_with_constant(masked, first_score)]
+    if background is not None:  # the confident-background maps go through the CRF in the same batch
+        maps.append(_argmax_with_constant(masked, params.bg_threshold))
+    copies = len(maps)
+    label_maps = torch.cat(maps)  # [copies * B, H, W]
+    if params.crf != "none":
+        slots = present.repeat(copies, 1)
+        unary = _slot_label_unary(label_maps, slots, params.crf_params.gt_prob)
+        image_b = images.repeat(copies, 1, 1, 1)
+        if params.crf == "torch":
+            valid_b = None if valid is None else valid.bool().repeat(copies, 1, 1)
+            q = dense_crf(unary, image_b, params=params.crf_params, valid=valid_b, input_type="unary")
+        else:
+            q = pydensecrf_reference(unary, image_b, params=params.crf_params, input_type="unary")
+        label_maps = q.argmax(1).to(cams.device)
+    lut = torch.cat([classes.new_full((batch, 1), alt), classes.long()], dim=1)  # slot -> class
+    fg_map = label_maps[:batch]
+    label = lut.gather(1, fg_map.flatten(1)).view_as(fg_map)
+    if background is not None:
+        bg_map = label_maps[batch:]
+        label = torch.where(fg_map == 0, torch.full_like(label, IGNORE_INDEX), label)
+        label = torch.where((fg_map == 0) & (bg_map == 0), torch.full_like(label, background), label)
+    if valid is not None:
+        label = label.masked_fill(~valid.bool(), IGNORE_INDEX)
+    return label
 
 
 def ir_labels(
@@ -149,6 +215,8 @@ def ir_labels(
 ) -> torch.Tensor:
     """Pseudo-labels of a batch of images of one size (see the module doc).
 
+    Packs each image's tagged classes into the first slots and calls :func:`batched_ir_labels`.
+
     Args:
         cams: per image, the combined CAM ``[n_i, H, W]`` of its tagged foreground classes.
         keys: per image, the ``[n_i]`` class indices of those channels.
@@ -160,29 +228,82 @@ def ir_labels(
     """
     if len(cams) != images.shape[0] or len(keys) != len(cams):
         raise ValueError(f"{len(cams)} CAMs, {len(keys)} key lists and {images.shape[0]} images differ")
-    alt = IGNORE_INDEX if background is None else background
-    first_score = params.uncertain_threshold if background is None else params.fg_threshold
-    maps, counts, luts = [], [], []
-    for cam, k in zip(cams, keys):
-        maps.append(_argmax_with_constant(cam, first_score))
-        counts.append(cam.shape[0] + 1)
-        luts.append(torch.as_tensor([alt, *[int(c) for c in k]], dtype=torch.long, device=cam.device))
-    if background is not None:  # the confident-background maps go through the CRF in the same batch
-        maps += [_argmax_with_constant(cam, params.bg_threshold) for cam in cams]
-        counts += counts
-    refined = _crf_label_maps(
-        maps, counts, torch.cat([images, images]) if background is not None else images, params
-    )
-    out = []
-    for i, lut in enumerate(luts):
-        fg_map = refined[i]
-        label = lut[fg_map]
+    height, width = images.shape[-2:]
+    device = cams[0].device if cams else images.device
+    slots = max((int(cam.shape[0]) for cam in cams), default=0)
+    packed = torch.zeros(len(cams), slots, height, width, device=device)
+    classes = torch.zeros(len(cams), slots, dtype=torch.long, device=device)
+    present = torch.zeros(len(cams), slots, dtype=torch.bool, device=device)
+    for i, (cam, k) in enumerate(zip(cams, keys)):
+        n = int(cam.shape[0])
+        if len(k) != n:
+            raise ValueError(f"image {i}: {n} CAM channels but {len(k)} class indices")
+        packed[i, :n] = cam.to(device=device, dtype=torch.float32)
+        classes[i, :n] = torch.as_tensor([int(c) for c in k], dtype=torch.long)
+        present[i, :n] = True
+    return batched_ir_labels(packed, classes, present, images, background=background, params=params)
+
+
+def cam_pseudo_labels(
+    cam: torch.Tensor,
+    tags: torch.Tensor,
+    images: torch.Tensor,
+    *,
+    num_classes: int,
+    background: int | None,
+    params: PseudoLabelParams = PseudoLabelParams(),
+    valid: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pseudo masks from a network's raw CAMs, on the fly (single-stage training), sync-free.
+
+    The single-scale, unflipped version of ``weakseg cam`` followed by ``weakseg pseudo-labels``:
+    ``ReLU`` at the network's resolution, bilinear upsampling to the image size, each channel divided
+    by its spatial maximum + 1e-5 (:func:`~weakseg.cam.inference.normalise_cams`; over the valid pixels),
+    only the tagged classes kept, then :func:`batched_ir_labels`. Runs without gradient, in fp32
+    with autocast disabled.
+
+    Args:
+        cam: ``[B, C, h, w]`` raw class maps over the foreground classes (dataset order, background
+            left out), e.g. the ``"cam"`` output of an image-level or single-stage network.
+        tags: ``[B, K]`` multi-hot image tags over all classes.
+        images: ``[B, 3, H, W]`` uint8 or float in [0, 1]; the labels come at this size.
+        num_classes, background: the dataset's ``K`` and background index (None: no background).
+        params: thresholds and CRF.
+        valid: optional bool ``[B, H, W]`` (crop padding is False): 255 there, and left out of the
+            normalisation and the CRF.
+
+    Returns:
+        ``(labels, scores)``: int64 ``[B, H, W]`` pseudo masks (255 = uncertain) and the float32
+        ``[B, C, H, W]`` normalised maps the rule saw (0 for untagged classes).
+    """
+    fg = foreground_classes(num_classes, background)
+    if cam.ndim != 4 or cam.shape[1] != len(fg):
+        raise ValueError(
+            f"expected raw CAMs [B, {len(fg)}, h, w] ({num_classes} classes, background {background}), "
+            f"got shape {tuple(cam.shape)}"
+        )
+    if tags.shape != (cam.shape[0], num_classes):
+        raise ValueError(f"expected tags [{cam.shape[0]}, {num_classes}], got {tuple(tags.shape)}")
+    size = tuple(images.shape[-2:])
+    with torch.no_grad(), torch.autocast(cam.device.type, enabled=False):
+        maps = F.interpolate(F.relu(cam.detach().float()), size=size, mode="bilinear", align_corners=False)
+        if valid is not None:
+            maps = maps * valid[:, None].to(maps.dtype)
+        fg_index = torch.arange(len(fg), device=cam.device)  # built on the device: no host copy
         if background is not None:
-            bg_map = refined[len(luts) + i]
-            label = torch.where(fg_map == 0, torch.full_like(label, IGNORE_INDEX), label)
-            label = torch.where((fg_map == 0) & (bg_map == 0), torch.full_like(label, background), label)
-        out.append(label)
-    return torch.stack(out)
+            fg_index = fg_index + (fg_index >= background).long()
+        present = tags.index_select(1, fg_index) > 0.5
+        scores = normalise_cams(maps) * present[:, :, None, None]
+        labels = batched_ir_labels(
+            scores,
+            fg_index.expand(cam.shape[0], -1),
+            present,
+            images,
+            background=background,
+            params=params,
+            valid=valid,
+        )
+    return labels, scores
 
 
 # --------------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ A method is a small :class:`~weakseg.methods.base.Method` subclass registered un
 engine builds it from ``cfg.method`` and calls it once per step with the model's outputs and the batch.
 """
 
-from weakseg.methods import cam, cdsp, dfr, full, gatedcrf, pce, rloss, sfc  # noqa: F401  (registration side effect)
+from weakseg.methods import aal, cam, cdsp, dfr, full, gatedcrf, pce, rloss, sfc  # noqa: F401  (registration side effect)
 from weakseg.methods.base import (
     METHODS,
     Method,

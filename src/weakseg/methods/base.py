@@ -31,7 +31,8 @@ class Method(nn.Module):
     name: ClassVar[str] = ""
     Params: ClassVar[type] = NoParams
     requires: ClassVar[tuple[str, ...]] = ()
-    model_kind: ClassVar[str] = "segmentor"  # "segmentor" or "classifier" (image-level CAM networks)
+    # "segmentor", "classifier" (image-level CAM networks) or "single_stage" (CAM branch + segmentation head)
+    model_kind: ClassVar[str] = "segmentor"
 
     def __init__(self, params: Any, num_classes: int, ignore_index: int = 255, background: int | None = 0):
         super().__init__()

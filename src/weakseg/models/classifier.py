@@ -39,6 +39,7 @@ __all__ = [
     "DEFAULT_BG_THRESHOLD",
     "CAMClassifier",
     "cam_seed_logits",
+    "class_activation",
     "create_cam_classifier",
     "foreground_indices",
     "insert_background",
@@ -98,6 +99,17 @@ def cam_seed_logits(
     if background is None:
         return fg
     return insert_background(fg, torch.full_like(fg[:, :1], float(bg_threshold)), background)
+
+
+def class_activation(classifier: nn.Module, deep: Tensor) -> tuple[Tensor, Tensor]:
+    """The CAM and the image scores of a bias-free 1x1 ``classifier`` over the deepest feature.
+
+    ``deep`` ``[B, D, h, w]`` -> ``(cam, cls_logits)``: the raw class maps ``W^T F`` ``[B, C, h, w]``
+    (before ReLU) and their global average ``[B, C]`` (equal to classifying the pooled feature, as the
+    1x1 convolution is linear). Shared by :class:`CAMClassifier` and the single-stage network.
+    """
+    cam = classifier(deep)
+    return cam, cam.mean(dim=(2, 3))
 
 
 def remove_dilation(module: nn.Module) -> int:
@@ -181,9 +193,9 @@ class CAMClassifier(BackboneNetwork):
         x = self.normalize(image)
         features = self.backbone(x)
         deep = features[-1]
-        cam = self.classifier(deep)
+        cam, cls_logits = class_activation(self.classifier, deep)
         out: dict[str, Any] = {
-            "cls_logits": cam.mean(dim=(2, 3)),
+            "cls_logits": cls_logits,
             "cam": cam,
             "features": features,
             "logits": cam_seed_logits(
