@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from weakseg.losses.resample import nearest_resize
+
 __all__ = [
     "Reassignment",
     "centre_similarity",
@@ -42,13 +44,6 @@ __all__ = [
 ]
 
 _NO_CENTRE = -2.0  # similarity to a class without a centre: below any cosine
-
-
-def _nearest(labels: Tensor, size: tuple[int, int]) -> Tensor:
-    """Nearest-neighbour resampling of int ``[B, H, W]`` labels to ``size``."""
-    if tuple(labels.shape[-2:]) == tuple(size):
-        return labels.long()
-    return F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
 
 
 @torch.no_grad()
@@ -131,7 +126,7 @@ def reassign_labels(
     if margin < 0:
         raise ValueError(f"margin must be >= 0, got {margin}")
     labels = labels.long()
-    grid_labels = _nearest(labels, tuple(embedding.shape[-2:]))
+    grid_labels = nearest_resize(labels.long(), embedding.shape[-2:])
     with torch.autocast(embedding.device.type, enabled=False):  # centres and cosines in fp32
         centres, has = class_centres(embedding, grid_labels, num_classes, ignore_index)
         sim = centre_similarity(embedding, centres, has)  # [B, K, h, w]

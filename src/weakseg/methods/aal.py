@@ -43,6 +43,7 @@ from weakseg.losses.affinity import adaptive_affinity_loss
 from weakseg.losses.label_reassign import reassign_labels, reassigned_cross_entropy
 from weakseg.losses.multilabel import multilabel_soft_margin_loss
 from weakseg.losses.partial_ce import partial_cross_entropy
+from weakseg.losses.resample import nearest_resize
 from weakseg.methods.base import Method, register_method
 from weakseg.models.classifier import foreground_indices, insert_background
 from weakseg.postprocess.crf import CRFParams
@@ -235,8 +236,8 @@ class AAL(Method):
             losses["seg"] = p.seg_weight * partial_cross_entropy(logits, labels, self.ignore_index)
         if p.use_aa:
             grid = tuple(embedding.shape[-2:])
-            grid_labels = _nearest(labels, grid)
-            grid_conf = _nearest_float(confidence, grid) if p.aa_confidence else None
+            grid_labels = nearest_resize(labels, grid)
+            grid_conf = nearest_resize(confidence, grid) if p.aa_confidence else None
             losses["aa"] = p.aa_weight * adaptive_affinity_loss(
                 embedding,
                 grid_labels,
@@ -250,17 +251,3 @@ class AAL(Method):
         if p.use_lr:
             losses["lr"] = lr_term
         return losses
-
-
-def _nearest(labels: Tensor, size: tuple[int, ...]) -> Tensor:
-    """Nearest-neighbour resampling of int64 ``[B, H, W]`` labels to ``size``."""
-    if tuple(labels.shape[-2:]) == tuple(size):
-        return labels
-    return torch.nn.functional.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
-
-
-def _nearest_float(values: Tensor, size: tuple[int, ...]) -> Tensor:
-    """Nearest-neighbour resampling of float ``[B, H, W]`` maps to ``size`` (as :func:`_nearest`)."""
-    if tuple(values.shape[-2:]) == tuple(size):
-        return values
-    return torch.nn.functional.interpolate(values[:, None], size=size, mode="nearest")[:, 0]

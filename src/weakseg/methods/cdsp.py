@@ -27,13 +27,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from weakseg.data.distance_maps import BoundaryDistanceMap, ScribbleDistanceMap
 from weakseg.losses.distance_entropy import distance_entropy_loss
 from weakseg.losses.lorm import LORM_REDUCTIONS, LoRM, lorm_loss
 from weakseg.losses.partial_ce import partial_cross_entropy
+from weakseg.losses.resample import nearest_resize
 from weakseg.methods.base import Method, register_method
 
 SCRIBBLE_MAP, BOUNDARY_MAP = "dist_scribble", "dist_pseudo"
@@ -92,7 +92,7 @@ class CDSP(Method):
     def foreground(self, pseudo: Tensor, size: tuple[int, int]) -> Tensor:
         """LoRM's row mask ``M``: ``[B, H, W]`` pseudo-label → bool ``[B, h, w]`` (nearest resize);
         foreground = neither background nor ignored (every labelled pixel without a background class)."""
-        small = F.interpolate(pseudo[:, None].float(), size=size, mode="nearest")[:, 0].long()
+        small = nearest_resize(pseudo, size)
         keep = small != self.ignore_index
         return keep if self.background is None else keep & (small != self.background)
 
