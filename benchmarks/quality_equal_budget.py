@@ -120,10 +120,12 @@ def scribble_tag_pseudo_labels(dataset: str, root: Path, args: argparse.Namespac
         ],
     )
     start = time.perf_counter()
-    train(cfg, device="cpu", progress=False)
+    if not (stage / "cam" / "last.ckpt").is_file():  # a finished classifier is reused
+        train(cfg, device="cpu", progress=False)
+    scales = "_".join(f"{s:g}" for s in args.cdsp_cam_scales)
     cams, _ = make_cams(
-        stage / "cam" / "last.ckpt", stage / "cams", split="train", num_workers=args.workers,
-        overwrite=True, device="cpu", progress=False,
+        stage / "cam" / "last.ckpt", stage / f"cams_{scales}", split="train", scales=args.cdsp_cam_scales,
+        num_workers=args.workers, overwrite=True, device="cpu", progress=False,
     )  # fmt: skip
     train_set = FolderDataset(root, "train", load_scribbles=False, tags_source="none")
     summary = make_pseudo_labels(
@@ -154,6 +156,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--cdsp-cam-steps", type=int, default=None, help="CAM classifier steps for CDSP (default: --steps)"
+    )
+    parser.add_argument(
+        "--cdsp-cam-scales", type=float, nargs="+", default=[1.0, 0.5, 1.5, 2.0], help="CAM scales (+ flip)"
     )
     parser.add_argument("--cdsp-crf", choices=["pydensecrf", "torch", "none"], default="pydensecrf")
     args = parser.parse_args()
