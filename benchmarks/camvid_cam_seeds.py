@@ -47,7 +47,7 @@ def parse_args() -> argparse.Namespace:
         help="CRF of the refined pseudo-labels (default: torch on GPU, pydensecrf on CPU)",
     )
     p.add_argument(
-        "--crf-scale", type=float, default=None, help="CRF grid scale (default: 1 on GPU, 0.25 on CPU)"
+        "--crf-scale", type=float, default=None, help="torch CRF grid scale (default: 1 on GPU, 0.25 on CPU)"
     )
     p.add_argument("--pseudo-every", type=int, default=1, help="pseudo-labels for every k-th train image")
     p.add_argument("--num-workers", type=int, default=2)
@@ -97,7 +97,8 @@ def main() -> int:
     args = parse_args()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     crf_kind = args.crf or ("torch" if device.startswith("cuda") else "pydensecrf")
-    crf_scale = args.crf_scale
+    # the torch CRF is exact and O(N^2): a coarser grid on CPU; pydensecrf always runs at full size
+    crf_scale = args.crf_scale or (1.0 if device.startswith("cuda") or crf_kind == "pydensecrf" else 0.25)
     work = Path(args.work)
     rows = {}
     for method in args.methods:
