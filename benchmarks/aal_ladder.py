@@ -181,8 +181,9 @@ def main() -> None:
     first = args.variants[0]
     ref = rows[first]
     print(
-        f"\nCamVid val, segmentation mIoU; {args.steps} steps x batch {args.batch_size}, seed {args.seed}, "
-        f"aal (designed from the abstract) on EfficientNet-lite0 + DeepLabV3+, tags from masks, {device}; "
+        f"\n{args.dataset} val, {args.steps} steps x batch {args.batch_size}, seed {args.seed}, "
+        f"segmentation mIoU of aal (designed from the abstract), EfficientNet-lite0 + DeepLabV3+, "
+        f"tags from masks, {device}; "
         f"overrides: {' '.join(args.set) or '-'}\nstep = forward + losses + backward of the joint phase "
         f"(median of {args.time_steps}); img/s = logged training throughput of the joint phase"
     )
