@@ -8,9 +8,10 @@ moved into place with :func:`os.replace`, so a crash never leaves a half-written
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,20 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[Path], Any]) -> Path
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def json_safe(value: Any) -> Any:
+    """Strict-JSON form of ``value``, recursively: NaN / inf -> None, tuples -> lists, mapping keys ->
+    str, numpy scalars -> Python numbers (JSON has no NaN)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:

@@ -26,10 +26,12 @@ __all__ = [
     "colorize",
     "load_log_rows",
     "make_palette",
+    "new_figure",
     "overlay",
     "plot_metric_vs",
     "plot_per_class_bar",
     "plot_training_curves",
+    "save_figure",
     "save_overlay",
     "side_by_side",
 ]
@@ -167,13 +169,15 @@ def save_overlay(
 # --------------------------------------------------------------------------------------------------
 # Plots
 # --------------------------------------------------------------------------------------------------
-def _new_figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
+    """A matplotlib figure on the Agg canvas (no display needed), ``width x height`` inches at 100 dpi."""
     fig = Figure(figsize=(width, height), dpi=100)
     FigureCanvasAgg(fig)
     return fig
 
 
-def _save_figure(fig: Figure, out_png: str | os.PathLike) -> Path:
+def save_figure(fig: Figure, out_png: str | os.PathLike) -> Path:
+    """Tight layout, then write ``fig`` as a PNG atomically; returns the path."""
     fig.tight_layout()
     return atomic_write(out_png, lambda p: fig.savefig(p, format="png"))
 
@@ -262,7 +266,7 @@ def plot_training_curves(
     ]
     if not groups:
         raise ValueError(f"plot_training_curves: no loss or metric columns among {sorted(present)}")
-    fig = _new_figure(6.0, 3.0 * len(groups))
+    fig = new_figure(6.0, 3.0 * len(groups))
     axes = fig.subplots(len(groups), 1, squeeze=False)[:, 0]
     for ax, (title, cols) in zip(axes, groups):
         for col in cols:
@@ -272,7 +276,7 @@ def plot_training_curves(
         ax.set_xlabel(x_key)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize="small")
-    return _save_figure(fig, out_png)
+    return save_figure(fig, out_png)
 
 
 def plot_per_class_bar(
@@ -286,7 +290,7 @@ def plot_per_class_bar(
     if len(class_names) != len(values):
         raise ValueError(f"{len(class_names)} class names but {len(values)} values")
     vals = [_as_float(v) for v in values]
-    fig = _new_figure(max(4.0, 0.45 * len(class_names) + 1.5), 4.0)
+    fig = new_figure(max(4.0, 0.45 * len(class_names) + 1.5), 4.0)
     ax = fig.add_subplot(1, 1, 1)
     positions = np.arange(len(class_names))
     heights = [v if v is not None else 0.0 for v in vals]
@@ -305,7 +309,7 @@ def plot_per_class_bar(
     finite = [v for v in vals if v is not None]
     if finite and 0.0 <= min(finite) and max(finite) <= 1.0:
         ax.set_ylim(0.0, 1.08)
-    return _save_figure(fig, out_png)
+    return save_figure(fig, out_png)
 
 
 def plot_metric_vs(
@@ -319,7 +323,7 @@ def plot_metric_vs(
     """Line plot of several named series against one x (threshold sweeps, robustness ratios)."""
     if not ys:
         raise ValueError("plot_metric_vs: no series to plot")
-    fig = _new_figure(6.0, 4.0)
+    fig = new_figure(6.0, 4.0)
     ax = fig.add_subplot(1, 1, 1)
     for name, series in ys.items():
         if len(series) != len(x):
@@ -332,4 +336,4 @@ def plot_metric_vs(
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
-    return _save_figure(fig, out_png)
+    return save_figure(fig, out_png)

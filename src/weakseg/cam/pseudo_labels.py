@@ -55,7 +55,7 @@ from tqdm.auto import tqdm
 from weakseg.cam.inference import foreground_classes, normalise_cams
 from weakseg.cam.seeds import check_dataset_matches, combine_cams, resolve_weights
 from weakseg.cam.store import SamplesWithCams, keep_as_list, load_cam_meta
-from weakseg.io import DataError, atomic_save_label_png, atomic_write_json
+from weakseg.io import DataError, atomic_save_label_png, atomic_write_json, json_safe
 from weakseg.metrics import ConfusionMatrix, nanmean, per_class_iou
 from weakseg.postprocess.crf import CRFParams, dense_crf, pydensecrf_reference
 from weakseg.viz import make_palette
@@ -397,16 +397,6 @@ def _stats(matrix: ConfusionMatrix, num_classes: int, class_names: Sequence[str]
     }
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def make_pseudo_labels(
     cam_dir: str | os.PathLike,
     dataset: Any,
@@ -491,7 +481,7 @@ def make_pseudo_labels(
     }
     if has_masks:
         summary["quality"] = _stats(matrix, k, dataset.classes)
-    atomic_write_json(out / "pseudo_labels.json", _json_safe(summary))
+    atomic_write_json(out / "pseudo_labels.json", json_safe(summary))
     return summary
 
 

@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from weakseg.cam.store import SamplesWithCams, keep_as_list, load_cam_meta
-from weakseg.io import DataError, atomic_write_json
+from weakseg.io import DataError, atomic_write_json, json_safe
 from weakseg.metrics import metrics_from_matrix, nanmean, per_class_iou, pixel_accuracy
 from weakseg.viz import plot_metric_vs, plot_per_class_bar
 
@@ -290,21 +290,10 @@ def evaluate_seeds(
     return result
 
 
-def _json_safe(value: Any) -> Any:
-    """NaN / inf -> None, recursively (JSON has no NaN)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def write_seed_report(result: Mapping[str, Any], out_dir: str | os.PathLike) -> dict[str, Path]:
     """Write ``seeds.json``, ``seed_mIoU_vs_threshold.png`` and ``seed_per_class_IoU.png``."""
     out = Path(out_dir)
-    written = {"json": atomic_write_json(out / "seeds.json", _json_safe(dict(result)))}
+    written = {"json": atomic_write_json(out / "seeds.json", json_safe(dict(result)))}
     series = {"mIoU": result["mIoU"]}
     if "precision_mIoU" in result:
         series["mIoU of labelled pixels"] = result["precision_mIoU"]

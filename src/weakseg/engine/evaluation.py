@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from weakseg.engine.inference import predict_labels
-from weakseg.io import DataError, atomic_save_label_png, atomic_write_json
+from weakseg.io import DataError, atomic_save_label_png, atomic_write_json, json_safe
 from weakseg.metrics import ConfusionMatrix, VolumeDice, is_volume_slice_id
 from weakseg.viz import make_palette, plot_per_class_bar, save_overlay
 
@@ -235,19 +235,6 @@ def evaluate(
     return result
 
 
-def _json_safe(value: Any) -> Any:
-    """Replace NaN / inf by None (strict JSON has no NaN) and tuples by lists, recursively."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        return _json_safe(value.item())
-    return value
-
-
 def _values_in_order(
     per_class: Mapping[str, float] | Sequence[float], class_names: Sequence[str]
 ) -> list[float]:
@@ -264,7 +251,7 @@ def write_evaluation_report(
     Returns the paths written, keyed ``"json"``, ``"iou_plot"`` and ``"dice_plot"``.
     """
     out = Path(out_dir)
-    written = {"json": atomic_write_json(out / "metrics.json", _json_safe(dict(metrics)))}
+    written = {"json": atomic_write_json(out / "metrics.json", json_safe(dict(metrics)))}
     if "per_class_IoU" in metrics:
         written["iou_plot"] = plot_per_class_bar(
             list(class_names),

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from weakseg.config import Config, ConfigError, config_from_dict, config_to_dict, load_config
-from weakseg.io import DataError, atomic_write, atomic_write_json, read_label
+from weakseg.io import DataError, atomic_write_json, read_label
 
 __all__ = [
     "KINDS",
@@ -257,12 +257,10 @@ def plot_robustness(
     One panel per kind present (shrink, drop), one line per result; see :func:`robustness_series`
     for ``results``, ``metric`` and ``labels``. Written atomically; returns ``out_png``.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from weakseg.viz import new_figure, save_figure
 
     metric, series = robustness_series(results, metric=metric, labels=labels)
-    fig = Figure(figsize=(5.0 * len(series), 4.0), dpi=100)
-    FigureCanvasAgg(fig)
+    fig = new_figure(5.0 * len(series), 4.0)
     for i, (kind, lines) in enumerate(series.items()):
         ax = fig.add_subplot(1, len(series), i + 1)
         for name, (xs, ys) in lines.items():
@@ -274,8 +272,7 @@ def plot_robustness(
         ax.legend(fontsize="small")
     if title and len(series) > 1:
         fig.suptitle(title)
-    fig.tight_layout()
-    return atomic_write(out_png, lambda p: fig.savefig(p, format="png"))
+    return save_figure(fig, out_png)
 
 
 def write_robustness(out_dir: str | os.PathLike, summary: Mapping[str, Any]) -> dict[str, Path]:
