@@ -11,6 +11,7 @@ def partial_cross_entropy(
     target: torch.Tensor,
     ignore_index: int = 255,
     label_smoothing: float = 0.0,
+    class_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean cross-entropy over the pixels whose label is not ``ignore_index``.
 
@@ -19,6 +20,8 @@ def partial_cross_entropy(
             (the usual practice for scribble-supervised segmenters).
         target: [B, H, W] int64 class ids, ``ignore_index`` where unlabelled.
         label_smoothing: ε of ``(1-ε)·CE(y, p) + ε·CE(uniform, p)`` (CDSP's pseudo-label term uses 0.1).
+        class_weights: [K] per-class weights ``w``: the loss is then ``Σ w_y CE / Σ w_y`` over labelled
+            pixels (``F.cross_entropy``'s weighted mean); None weighs every pixel 1.
 
     Returns:
         Scalar: the sum of per-pixel losses divided by the number of labelled pixels in the batch.
@@ -27,7 +30,15 @@ def partial_cross_entropy(
     if logits.shape[-2:] != target.shape[-2:]:
         logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
     per_pixel = F.cross_entropy(
-        logits.float(), target, ignore_index=ignore_index, reduction="none", label_smoothing=label_smoothing
+        logits.float(),
+        target,
+        weight=class_weights,
+        ignore_index=ignore_index,
+        reduction="none",
+        label_smoothing=label_smoothing,
     )
-    labelled = (target != ignore_index).sum().clamp_min(1)
-    return per_pixel.sum() / labelled
+    labelled = target != ignore_index
+    if class_weights is None:
+        return per_pixel.sum() / labelled.sum().clamp_min(1)
+    pixel_weights = class_weights.to(per_pixel.dtype)[torch.where(labelled, target, 0)] * labelled
+    return per_pixel.sum() / pixel_weights.sum().clamp_min(1e-12)
