@@ -46,11 +46,45 @@ def test_forward_gives_finite_named_terms_and_logit_gradients(spec: dict, crf_te
 
 
 def test_rloss_term_is_the_dense_crf_loss_of_the_full_resolution_softmax() -> None:
-    method = build_method({"name": "rloss", "weight": 1e-3, "sigma_xy": 20.0}, num_classes=3)
+    # literal reference form: weight · Σ_b E_b (the release's (CE + w Σ E) / N, times N)
+    spec = {"name": "rloss", "weight": 1e-3, "sigma_xy": 20.0, "reference_crop": None, "reference_batch": None}
+    method = build_method(spec, num_classes=3)
     outputs, batch = _tiny_batch(seed=1)
     full = F.interpolate(outputs["logits"], size=(32, 32), mode="bilinear", align_corners=False)
-    expected = dense_crf_loss(full.softmax(1), batch["image"] * 255, batch["valid"], 15.0, 20.0, 0.5, 1e-3)
-    assert method(outputs, batch)["dense_crf"].item() == pytest.approx(expected.item(), rel=1e-6)
+    per_image_mean = dense_crf_loss(full.softmax(1), batch["image"] * 255, batch["valid"], 15.0, 20.0, 0.5, 1e-3)
+    assert method(outputs, batch)["dense_crf"].item() == pytest.approx(2 * per_image_mean.item(), rel=1e-6)
+
+
+def test_rloss_keeps_the_published_balance_of_batch_12() -> None:
+    """Relative to mean pCE the CRF weighs weight · 12 · mean_b E_b at a 513 crop (the release divides both
+    terms by the batch); the old form weight · mean_b E_b was 12x too weak."""
+    method = build_method({"name": "rloss", "reference_crop": 32}, num_classes=3)  # crop factor 1
+    outputs, batch = _tiny_batch(seed=1)
+    full = F.interpolate(outputs["logits"], size=(32, 32), mode="bilinear", align_corners=False)
+    mean_energy = dense_crf_loss(full.softmax(1), batch["image"] * 255, batch["valid"], 15.0, 100.0, 0.5, 1.0)
+    terms = method(outputs, batch)
+    assert terms["dense_crf"].item() == pytest.approx(2e-9 * 12 * mean_energy.item(), rel=1e-6)
+    assert method.crf_weight(32, 32, batch_size=2) == pytest.approx(2.4e-8)
+
+
+def test_rloss_spatial_mass_matches_brute_force() -> None:
+    from weakseg.methods.rloss import spatial_kernel_mass
+
+    h, w, sigma, scale = 13, 9, 4.0, 0.5
+    ys, xs = torch.meshgrid(torch.arange(6.0), torch.arange(4.0), indexing="ij")  # ⌊13/2⌋ x ⌊9/2⌋ grid
+    pos = torch.stack([ys.flatten(), xs.flatten()], 1).double() / scale
+    brute = torch.exp(-torch.cdist(pos, pos) ** 2 / (2 * sigma**2)).sum().item()
+    assert spatial_kernel_mass(h, w, sigma, scale) == pytest.approx(brute, rel=1e-10)
+
+
+def test_rloss_weight_follows_the_crop() -> None:
+    """The factor reproduces the per-crop weights the configs once set by hand, and is 1 at 513."""
+    method = build_method({"name": "rloss"}, num_classes=3)
+    assert method.crop_factor(513, 513) == pytest.approx(1.0)
+    assert 2e-9 * method.crop_factor(256, 256) == pytest.approx(1.2e-8, rel=0.01)
+    assert 2e-9 * method.crop_factor(465, 465) == pytest.approx(2.5e-9, rel=0.02)
+    # a smaller crop gets a larger weight: the per-image energy shrinks with the kernel's spatial mass
+    assert method.crop_factor(128, 128) > method.crop_factor(256, 256) > 1.0
 
 
 def test_gatedcrf_term_uses_the_scaled_grid_and_imagenet_std() -> None:
@@ -89,8 +123,10 @@ def test_padding_takes_no_part() -> None:
 
 
 def test_rejects_bad_parameters() -> None:
-    with pytest.raises(ValueError, match="normalization"):
-        build_method({"name": "rloss", "normalization": "mean"}, num_classes=3)
+    with pytest.raises(ValueError, match="reference_crop"):
+        build_method({"name": "rloss", "reference_crop": 0}, num_classes=3)
+    with pytest.raises(ValueError, match="scale"):
+        build_method({"name": "rloss", "scale": 0.0}, num_classes=3)
     with pytest.raises(ValueError, match="scale"):
         build_method({"name": "gatedcrf", "scale": 2.0}, num_classes=3)
     with pytest.raises(ValueError, match="bandwidth"):
