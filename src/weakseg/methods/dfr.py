@@ -64,9 +64,11 @@ class DFRParams:
     Attributes:
         pce_weight: weight of partial cross-entropy (1, the anchor every scribble method shares).
         reg_weight: ``lambda_reg`` on each regularizer term. The terms are normalised to a disagreement
-            probability in [0, 1), so the gradient per pixel is ``~2 lambda / N``; 0.4 matches the gradient
-            of rloss's shallow loss (weight 2e-9 on raw energies) on 512x512 VOC crops (measured ratio
-            0.32-0.40, ``docs/dfr.md``).
+            probability in [0, 1), so the gradient per pixel is ``~2 lambda / N``. 4.8 = 12 x 0.4 matches
+            rloss's shallow loss at its published balance: per image, lambda 0.4 pulls like weight 2e-9 on
+            the raw energy (512x512 VOC crops, measured ratio 0.32-0.40, ``docs/dfr.md``), and rloss's
+            release weighs that energy 12x more than the mean cross-entropy because it divides both terms
+            by its batch of 12 (see :mod:`weakseg.methods.rloss`).
         sigma_rgb: colour bandwidth of the shallow kernel, 0..255 units (15, rloss / RRM).
         sigma_xy: spatial bandwidth of the shallow kernel in original-image pixels (100, rloss / RRM).
         shallow_scale: the shallow kernel runs on the image resized by this factor (0.5, rloss / RRM).
@@ -108,7 +110,7 @@ class DFRParams:
     """
 
     pce_weight: float = 1.0
-    reg_weight: float = 0.4
+    reg_weight: float = 4.8
     sigma_rgb: float = 15.0
     sigma_xy: float = 100.0
     shallow_scale: float = 0.5
