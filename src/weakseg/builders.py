@@ -6,6 +6,7 @@ build every object the same way.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from torch import nn
 
 from weakseg.config import Config, ConfigError
 from weakseg.data import COCODataset, FolderDataset, SegDataset, VOCDataset
-from weakseg.data.transforms import build_eval_transform, build_train_transform
+from weakseg.data.transforms import IMAGENET_MEAN_RGB, build_eval_transform, build_train_transform
 from weakseg.methods import Method, build_method, get_method_class
 from weakseg.models import create_segmentor
 
@@ -26,23 +27,11 @@ def build_dataset(cfg: Config, split: str, *, train: bool, requires: Iterable[st
     """
     d = cfg.data
     requires = set(requires)
-    if train:
-        transform = build_train_transform(
-            crop_size=tuple(d.crop_size),
-            scale_range=tuple(d.scale_range),
-            hflip=d.hflip,
-            rotate=d.rotate,
-            color_jitter=d.color_jitter,
-            resize=tuple(d.resize) if d.resize else None,
-        )
-    else:
-        transform = build_eval_transform()
     load_masks = not train or "mask" in requires
     if d.format == "folder":
         dataset: SegDataset = FolderDataset(
             d.root,
             split,
-            transform=transform,
             load_masks=load_masks,
             load_pseudo=train and "pseudo" in requires,
             tags_source=d.tags,
@@ -51,15 +40,28 @@ def build_dataset(cfg: Config, split: str, *, train: bool, requires: Iterable[st
         dataset = VOCDataset(
             d.root,
             split,
-            transform=transform,
             scribbles=d.scribbles if (not train or "scribble" in requires) else None,
             scribble_width=d.scribble_width,
             load_masks=load_masks,
             tags_source=d.tags,
         )
     else:
-        dataset = COCODataset(d.root, split, transform=transform, load_masks=load_masks, tags_source=d.tags)
+        dataset = COCODataset(d.root, split, load_masks=load_masks, tags_source=d.tags)
     dataset.seed = cfg.train.seed
+    if train:
+        # grey images (MRI, CT) are padded with black, their background; colour images with the
+        # ImageNet mean, which normalises to ~0
+        dataset.transform = build_train_transform(
+            crop_size=tuple(d.crop_size),
+            scale_range=tuple(d.scale_range),
+            hflip=d.hflip,
+            rotate=d.rotate,
+            color_jitter=d.color_jitter,
+            resize=tuple(d.resize) if d.resize else None,
+            pad_value=(0, 0, 0) if dataset.image_mode == "L" else IMAGENET_MEAN_RGB,
+        )
+    else:
+        dataset.transform = build_eval_transform()
     if d.pseudo_dir and train and "pseudo" in requires:  # pseudo-labels exist for the training split
         dataset.add_label_dir("pseudo", Path(d.pseudo_dir))
     for key in sorted(requires):
@@ -101,7 +103,9 @@ def build_model(
         return create_cam_classifier(
             backbone=m.backbone, background=background, **common, **method_cls.model_kwargs(cfg.method)
         )
-    head_kwargs = {"channels": m.head_channels} if m.head_channels is not None else None
+    head_kwargs = aspp_head_kwargs(cfg)
+    if m.head_channels is not None:
+        head_kwargs["channels"] = m.head_channels
     try:
         if method_cls.model_kind == "single_stage":  # shared backbone: CAM branch + segmentation head
             from weakseg.models.single_stage import create_single_stage
@@ -117,6 +121,23 @@ def build_model(
                 "(set model.head_channels=null)"
             ) from err
         raise
+
+
+def aspp_head_kwargs(cfg: Config) -> dict[str, object]:
+    """Dilation options for a head with ASPP branches (none for other heads).
+
+    ``model.aspp_rates`` set: those rates, unchanged. Unset: the head's published rates scaled by
+    ``min(crop) / 513`` when the training crop is smaller than DeepLab's (see
+    :func:`weakseg.models.heads.fit_aspp_rates`), so small CPU crops keep branches that see the image.
+    """
+    from weakseg.models.heads import ASPP_REFERENCE_CROP, HEADS
+
+    factory = HEADS.get(cfg.model.head)
+    if factory is None or "rates" not in inspect.signature(factory).parameters:
+        return {}
+    if cfg.model.aspp_rates is not None:
+        return {"rates": list(cfg.model.aspp_rates)}
+    return {"rate_scale": min(1.0, min(cfg.data.crop_size) / ASPP_REFERENCE_CROP)}
 
 
 def build_method_for(cfg: Config, dataset: SegDataset) -> Method:

@@ -56,6 +56,8 @@ class ModelConfig:
     head_channels: int | None = (
         None  # width of the head's hidden layers (DeepLabV3+ / UperNet); null = the head's default
     )
+    # dilation rates of ASPP heads; null = the head's published rates, scaled by crop/513 for smaller crops
+    aspp_rates: list[int] | None = None
     frozen_stages: int = 0  # freeze the stem (1) and the first stages (2, 3, ...) of the backbone
     freeze_bn: bool = False  # keep the backbone's BatchNorm statistics and affine parameters fixed
     channels_last: bool = False

@@ -29,6 +29,23 @@ from torch import Tensor, nn
 
 NORMS = ("bn", "syncbn", "gn")
 
+#: Crop side the published ASPP dilation rates were designed for (DeepLab: 513-pixel crops, a 33x33 map
+#: at output stride 16). Smaller crops scale the rates down with :func:`fit_aspp_rates`.
+ASPP_REFERENCE_CROP = 513
+
+
+def fit_aspp_rates(rates: Sequence[int], scale: float) -> list[int]:
+    """Dilation ``rates`` multiplied by ``scale`` (rounded, at least 1), for crops smaller than the reference.
+
+    A 3x3 branch of dilation ``r`` on an ``n x n`` map reads only zero padding with its outer taps when
+    ``r >= n``: on a 128-pixel crop (8x8 map at stride 16) the usual 6/12/18 degenerate to 1x1 convolutions.
+    Scaling by ``crop / 513`` keeps each branch's reach the same fraction of the image as in the paper
+    (128 -> 1/3/4, 256 -> 3/6/9). ``scale >= 1`` returns the rates unchanged.
+    """
+    if scale >= 1.0:
+        return [int(r) for r in rates]
+    return [max(1, round(r * scale)) for r in rates]
+
 
 def make_norm(norm: str, channels: int) -> nn.Module:
     """A normalisation layer for ``channels`` feature maps: ``"bn"``, ``"syncbn"`` or ``"gn"``."""
@@ -120,6 +137,7 @@ class DeepLabV2Head(nn.Module):
     Four parallel 3x3 convolutions with dilations ``rates`` (6, 12, 18, 24) read the deepest feature and
     each predicts ``num_classes`` logits directly (with bias); their sum is the output, at the deepest
     stride. There is no hidden layer, so the embedding is the deepest backbone feature itself.
+    ``rate_scale`` < 1 shrinks the rates for small crops (:func:`fit_aspp_rates`).
     """
 
     def __init__(
@@ -129,9 +147,12 @@ class DeepLabV2Head(nn.Module):
         num_classes: int,
         *,
         rates: Sequence[int] = (6, 12, 18, 24),
+        rate_scale: float = 1.0,
     ) -> None:
         super().__init__()
         cin = in_channels[-1]
+        rates = fit_aspp_rates(rates, rate_scale)
+        self.rates = rates
         self.branches = nn.ModuleList(nn.Conv2d(cin, num_classes, 3, padding=r, dilation=r) for r in rates)
         for conv in self.branches:
             _init_classifier(conv)
@@ -154,6 +175,7 @@ class DeepLabV2ASPPBNHead(nn.Module):
     Four 3x3 branches with dilations ``rates`` (6, 12, 18, 24) plus an image-pooling branch, each
     conv -> norm -> ReLU to ``channels`` (256); concatenated, fused by a 1x1 conv -> norm -> ReLU (the
     embedding), then dropout (0.5) and a 1x1 classifier. Output at the deepest stride.
+    ``rate_scale`` < 1 shrinks the rates for small crops (:func:`fit_aspp_rates`).
     """
 
     def __init__(
@@ -166,9 +188,11 @@ class DeepLabV2ASPPBNHead(nn.Module):
         channels: int = 256,
         dropout: float = 0.5,
         norm: str = "bn",
+        rate_scale: float = 1.0,
     ) -> None:
         super().__init__()
-        self.aspp = ASPP(in_channels[-1], channels, rates, with_1x1=False, norm=norm)
+        self.rates = fit_aspp_rates(rates, rate_scale)
+        self.aspp = ASPP(in_channels[-1], channels, self.rates, with_1x1=False, norm=norm)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Conv2d(channels, num_classes, 1)
         _init_hidden(self.aspp)
@@ -187,7 +211,8 @@ class DeepLabV3PlusHead(nn.Module):
     """DeepLab-v3+ (Chen et al., ECCV 2018) on the deepest and the shallowest backbone levels.
 
     ASPP on the deepest level: a 1x1 branch, 3x3 branches at ``rates`` (default 6/12/18 when the deepest
-    stride is 16, scaled to 12/24/36 at stride 8) and image pooling, fused to ``channels`` (256) with
+    stride is 16, scaled to 12/24/36 at stride 8; ``rate_scale`` < 1 shrinks them for small crops,
+    :func:`fit_aspp_rates`) and image pooling, fused to ``channels`` (256) with
     dropout ``aspp_dropout``. The decoder projects the shallowest level to ``low_level_channels`` (48),
     upsamples the ASPP output to it (bilinear), concatenates, and applies two 3x3 ConvNormAct (256, the
     embedding) and a 1x1 classifier. Output at the shallowest stride (4 for the CNN backbones).
@@ -207,11 +232,12 @@ class DeepLabV3PlusHead(nn.Module):
         low_level_channels: int = 48,
         aspp_dropout: float = 0.1,
         norm: str = "bn",
+        rate_scale: float = 1.0,
     ) -> None:
         super().__init__()
         if rates is None:
             rates = [r * 16 // strides[-1] for r in (6, 12, 18)]
-        self.rates = list(rates)
+        self.rates = fit_aspp_rates(rates, rate_scale)
         self.aspp = ASPP(
             in_channels[-1], channels, self.rates, with_1x1=True, norm=norm, dropout=aspp_dropout
         )
