@@ -1,0 +1,156 @@
+"""Train one scribble-method variant to its plateau on real data and record it as a result JSON.
+
+One invocation = one (dataset, variant, seed) run, so two can run side by side (one thread each).
+The run is resumable: invoked again, it continues from the run folder's ``last.ckpt`` (``weakseg train
+--resume``) and adds the new wall time; a finished run is only re-summarised. The summary goes to
+``benchmarks/results/<dataset>/<variant>_seed<N>.json`` (:mod:`results_io`), with the validation curve
+and whether it reached its plateau.
+
+Protocols (CPU, EfficientNet-lite0 ImageNet + DeepLabV3+ with 64 decoder channels, AdamW, warm-up +
+cosine; validation every 100 steps):
+
+- ``acdc-scribble``: real scribbles; slices resized to 128x128, crops 128, batch 8, 1500 steps;
+  score = mean per-volume 3-D Dice (RV, Myo, LV) on val at 128x128 mapped back to the slice size.
+  DFR's shallow kernel at scale 0.5 (a 64x64 grid).
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/scribble_ladder.py --dataset acdc-scribble --variant pce --seed 0
+
+Variants are those of ``quality_equal_budget.py`` (pce, full, rloss, gatedcrf, dfr_shallow, dfr_frozen,
+dfr_dynamic, dfr, cdsp, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from quality_equal_budget import VARIANTS
+from results_io import RESULTS, plateau, write_result
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = "../shared/data"  # relative to the repository root, where the command runs
+
+# dataset -> (config file stem, data root, metric, overrides shared by every variant, extra per method)
+PROTOCOLS: dict[str, dict] = {
+    "acdc-scribble": {
+        "config": "acdc_effnetlite0",
+        "root": f"{SHARED}/acdc-scribble",
+        "metric": "mean_dice",
+        "overrides": [
+            "data.resize=[128,128]",
+            "data.crop_size=[128,128]",
+            "eval.resize=[128,128]",
+            "train.batch_size=8",
+            "train.steps=1500",
+            "train.val_every=100",
+            "train.ckpt_every=100",
+        ],
+        "method_overrides": {"dfr": ["method.shallow_scale=0.5"]},
+    },
+}
+
+
+def run_command(dataset: str, variant: str, seed: int, run_dir: Path, workers: int, extra: list[str]) -> list[str]:
+    """The ``weakseg train`` command line of this run (without ``--resume``)."""
+    proto = PROTOCOLS[dataset]
+    method, variant_overrides = VARIANTS[variant]
+    config = ROOT / "configs" / method / f"{proto['config']}.yaml"
+    switch = []
+    if not config.is_file():  # e.g. a method without its own config for this dataset: pce's with the method swapped
+        config = ROOT / "configs" / "pce" / f"{proto['config']}.yaml"
+        switch = [f"method.name={method}"]
+    overrides = [
+        *switch,
+        f"data.root={proto['root']}",
+        *proto["overrides"],
+        *proto["method_overrides"].get(method, []),
+        *variant_overrides,
+        f"train.seed={seed}",
+        f"data.num_workers={workers}",
+        "train.num_overlays=4",
+        f"out_dir={run_dir}",
+        *extra,
+    ]
+    return [sys.executable, "-m", "weakseg", "train", str(config.relative_to(ROOT)), *overrides, "--quiet"]
+
+
+def summarise(
+    dataset: str, variant: str, seed: int, run_dir: Path, command: list[str], wall: float, results: Path
+) -> Path:
+    """Read the finished run folder and write its result JSON."""
+    proto = PROTOCOLS[dataset]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    config = (run_dir / "config.yaml").read_text()
+    log = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    key = "val/volume_mean_Dice" if proto["metric"] == "mean_dice" else "val/mIoU"
+    curve = [(r["step"], r[key]) for r in log if key in r]
+    speeds = [r["images_per_s"] for r in log if "images_per_s" in r][1:]
+    if proto["metric"] == "mean_dice":
+        score, per_class = metrics["volume_Dice"]["mean_Dice"], metrics["volume_Dice"]["per_class"]
+    else:
+        score, per_class = metrics["mIoU"], metrics["per_class_IoU"]
+    steps = int(metrics["step"])
+    return write_result(
+        dataset,
+        variant,
+        seed,
+        root=results,
+        method=VARIANTS[variant][0],
+        steps=steps,
+        wall_time_s=round(wall, 1),
+        metric=proto["metric"],
+        score=score,
+        per_class=per_class,
+        command=" ".join(shlex.quote(c) for c in ["OMP_NUM_THREADS=1", ".venv/bin/weakseg", *command[3:]]),
+        curve=curve,
+        plateau=plateau(curve, steps),
+        images_per_s=sum(speeds) / max(1, len(speeds)),
+        mIoU=metrics["mIoU"],
+        config_yaml=config,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", choices=sorted(PROTOCOLS), required=True)
+    parser.add_argument("--variant", choices=sorted(VARIANTS), required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--runs", default="runs/ladder", help="parent of the run folders")
+    parser.add_argument("--results", default=str(RESULTS), help="where the result JSON goes")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra config overrides")
+    args = parser.parse_args()
+    os.chdir(ROOT)  # data roots, run folders and the recorded command are relative to the repository
+
+    run_dir = Path(args.runs) / args.dataset / f"{args.variant}_seed{args.seed}"
+    if run_dir.is_absolute() and run_dir.is_relative_to(ROOT):
+        run_dir = run_dir.relative_to(ROOT)
+    command = run_command(args.dataset, args.variant, args.seed, run_dir, args.workers, args.set)
+    wall_file = run_dir / "ladder_wall_s.json"
+    wall = json.loads(wall_file.read_text())["wall_s"] if wall_file.is_file() else 0.0
+    if not (run_dir / "metrics.json").is_file():
+        resume = []
+        if (run_dir / "last.ckpt").is_file():
+            resume = ["--resume", str(run_dir / "last.ckpt")]
+        elif run_dir.exists():  # stopped before its first checkpoint: start again
+            shutil.rmtree(run_dir)
+        print(" ".join(shlex.quote(c) for c in command + resume), flush=True)
+        start = time.perf_counter()
+        try:
+            subprocess.run(command + resume, check=True)
+        finally:
+            if run_dir.is_dir():
+                wall += time.perf_counter() - start
+                wall_file.write_text(json.dumps({"wall_s": wall}))
+    print(summarise(args.dataset, args.variant, args.seed, run_dir, command, wall, Path(args.results)))
+
+
+if __name__ == "__main__":
+    main()
