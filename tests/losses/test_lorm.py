@@ -15,12 +15,13 @@ def _inputs(b=2, c=8, h=5, w=6, seed=0):
     return q, k, v, mask
 
 
-def test_fused_equals_explicit_values_and_gradients() -> None:
+@pytest.mark.parametrize("axis", ["query", "key"])
+def test_fused_equals_explicit_values_and_gradients(axis: str) -> None:
     q, k, v, mask = _inputs()
     args = [t.clone().float().requires_grad_() for t in (q, k, v)]
     ref = [t.clone().requires_grad_() for t in (q, k, v)]
-    out = lorm_attention(*args, mask)
-    expected = lorm_attention_explicit(*ref, mask)
+    out = lorm_attention(*args, mask, axis)
+    expected = lorm_attention_explicit(*ref, mask, axis)
     torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=1e-5)
     weights = torch.randn_like(expected)
     (out * weights.float()).sum().backward()
@@ -43,6 +44,20 @@ def test_explicit_form_by_hand() -> None:
     out = lorm_attention(q, k, v, mask)
     torch.testing.assert_close(out, torch.tensor([[[[want0, 0.0]]]]))
     torch.testing.assert_close(lorm_attention_explicit(q, k, v, mask), out)
+
+
+def test_key_masked_form_by_hand() -> None:
+    """Eq. 11's text: background keys are dropped from every row (softmax still over all keys)."""
+    q = torch.tensor([[[[1.0, 0.0]]], [[[0.0, 2.0]]]]).permute(1, 0, 2, 3)
+    v = torch.tensor([[[[3.0, 5.0]]]])
+    mask = torch.tensor([[[True, False]]])
+    e = torch.e
+    # row 0: weights e/(e+1) on key 0 (kept), 1/(e+1) on key 1 (dropped); row 1: 1/(e+1) on key 0
+    want = torch.tensor([[[[3 * e / (e + 1), 3 / (e + 1)]]]])
+    torch.testing.assert_close(lorm_attention(q, q.clone(), v, mask, "key"), want)
+    torch.testing.assert_close(lorm_attention_explicit(q, q.clone(), v, mask, "key"), want)
+    with pytest.raises(ValueError, match="mask axis"):
+        lorm_attention(q, q, v, mask, "rows")
 
 
 def test_loss_reductions() -> None:

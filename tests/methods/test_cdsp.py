@@ -91,6 +91,30 @@ def test_ablation_switches_and_maps() -> None:
 
 
 @pytest.mark.slow
+def test_uncertain_pixels_as_background_switch_and_key_masked_lorm() -> None:
+    model = _model()
+    batch = _batch()
+    valid = torch.ones(2, 64, 64, dtype=torch.bool)
+    valid[:, :, -4:] = False  # crop padding: stays ignored
+    batch["pseudo"][:, :, -4:] = 255
+    batch["valid"] = valid
+    method = build_method({"name": "cdsp", "uncertain": "background", "lorm": False}, num_classes=3)
+    target = method.pseudo_target(batch["pseudo"], valid)
+    assert (target[:, 30:33, :-4] == 0).all() and (target[:, :, -4:] == 255).all()
+    outputs = model(batch["image"])
+    want = partial_cross_entropy(outputs["logits"], target, label_smoothing=0.1)
+    torch.testing.assert_close(method(outputs, batch)["segc"], want)
+    paper = build_method({"name": "cdsp", "lorm": False}, num_classes=3)
+    assert not torch.allclose(paper(outputs, batch)["segc"], want)  # the default ignores them
+    keyed = build_method({"name": "cdsp", "lorm_mask": "key"}, num_classes=3)
+    keyed.setup(model)
+    assert keyed.lorm is not None and keyed.lorm.mask_axis == "key"
+    with pytest.raises(ValueError, match="background class"):
+        build_method({"name": "cdsp", "uncertain": "background"}, num_classes=3, background=None)
+    with pytest.raises(ValueError, match="lorm_mask"):
+        build_method({"name": "cdsp", "lorm_mask": "rows"}, num_classes=3)
+
+
 def test_trains_end_to_end_with_maps_from_the_dataset(tmp_path: Path) -> None:
     data = tmp_path / "syn"
     make_synthetic_dataset(data, num_train=6, num_val=2, size=(48, 48), seed=2)

@@ -29,7 +29,7 @@ def _features(size: int = 64, channels=CHANNELS, strides=STRIDES, batch: int = 2
 
 def test_registry():
     assert (
-        available_heads() == ["deeplabv2", "deeplabv2_aspp_bn", "deeplabv3plus", "upernet"] == sorted(HEADS)
+        available_heads() == ["deeplabv2", "deeplabv2_aspp_bn", "deeplabv2_cdsp", "deeplabv3plus", "upernet"] == sorted(HEADS)
     )
     with pytest.raises(ValueError, match="unknown head 'fcn'; available: deeplabv2, deeplabv2_aspp_bn"):
         create_head("fcn", CHANNELS, STRIDES, 3)
@@ -129,3 +129,22 @@ def test_aspp_image_pooling_is_constant_over_space():
     pooled = aspp.branches[-1](torch.randn(1, 8, 6, 5))
     assert pooled.shape == (1, 4, 6, 5)
     assert torch.equal(pooled, pooled[..., :1, :1].expand_as(pooled))
+
+
+def test_cdsp_aspp_head_has_class_wide_branches_and_a_conv_norm_fusion() -> None:
+    from weakseg.models.heads import CDSPASPPHead
+
+    head = CDSPASPPHead([8, 16], [4, 8], 5)
+    feats = [torch.randn(2, 8, 16, 16), torch.randn(2, 16, 8, 8)]
+    logits, embedding = head(feats)
+    assert logits.shape == (2, 5, 8, 8) and embedding.shape == (2, 25, 8, 8)
+    # 1x1 branch, then 3x3 branches at the last three rates, then image pooling
+    assert [b[0].kernel_size[0] for b in head.aspp.branches[:4]] == [1, 3, 3, 3]
+    assert [b[0].dilation[0] for b in head.aspp.branches[1:4]] == [12, 18, 24]
+    assert all(b[0].out_channels == 5 for b in head.aspp.branches[:4])
+    conv, norm = head.fuse
+    assert conv.bias is None and isinstance(norm, torch.nn.BatchNorm2d)
+    head.eval()
+    assert torch.allclose(head(feats)[0], head.fuse(head.aspp(feats[-1])))
+    logits.sum().backward()
+    assert all(p.grad is not None for p in head.parameters())

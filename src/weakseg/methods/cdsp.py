@@ -13,6 +13,12 @@ One training step, ``L = L_segs + L_segc + L_lorm + L_ds + L_dc`` (all weights 1
    boundary map ``d_c`` (λ_c), see :mod:`weakseg.data.distance_maps`; the maps are computed on each
    untransformed training sample and follow its augmentations (:meth:`CDSP.dataset_maps`).
 
+Two readings are switches (defaults first): ``lorm_mask="query"`` masks LoRM's query rows as the authors'
+code does, ``"key"`` masks the keys as the text of the paper's Eq. 11 says; ``uncertain="ignore"`` leaves
+uncertain pseudo-label pixels (255) out of ``L_segc`` as the paper describes, ``"background"`` trains them
+as background, which the authors' LoRM runs did (their LoRM sets the shared label tensor's 255 to 0 in
+place before the loss reads it). Crop padding stays ignored in both.
+
 Defaults are the paper's ablation setting (λ_s = 1, λ_c = 6, ResNet-50 + DeepLabV2); its best setting
 (ResNet-101 + DeepLabV3+) uses λ_s = 2, λ_c = 7. ``lorm=false`` and ``distance_entropy=false`` give the
 ablations; ``pseudo_weight=0`` / ``scribble_weight=0`` the single-source baselines.
@@ -31,12 +37,13 @@ from torch import Tensor, nn
 
 from weakseg.data.distance_maps import BoundaryDistanceMap, ScribbleDistanceMap
 from weakseg.losses.distance_entropy import distance_entropy_loss
-from weakseg.losses.lorm import LORM_REDUCTIONS, LoRM, lorm_loss
+from weakseg.losses.lorm import LORM_MASK_AXES, LORM_REDUCTIONS, LoRM, lorm_loss
 from weakseg.losses.partial_ce import partial_cross_entropy
 from weakseg.losses.resample import nearest_resize
 from weakseg.methods.base import Method, register_method
 
 SCRIBBLE_MAP, BOUNDARY_MAP = "dist_scribble", "dist_pseudo"
+UNCERTAIN_READINGS = ("ignore", "background")
 
 
 @dataclass
@@ -48,6 +55,8 @@ class CDSPParams:
     lorm_weight: float = 1.0
     lorm_reduction: str = "authors"  # "authors": Σ(F−F̂)²/#nonzero over all positions; "foreground": fg mean
     lorm_level: int = -1  # backbone level LoRM reads (-1 = deepest, C = 2048 on ResNet)
+    lorm_mask: str = "query"  # "query": M masks rows (the authors' code); "key": M masks keys (Eq. 11's text)
+    uncertain: str = "ignore"  # pseudo-label 255 in L_segc: "ignore" (the paper) or "background" (authors' runs)
     distance_entropy: bool = True  # L_ds + L_dc
     lambda_s: float = 1.0  # scribble map multiplier sqrt(e^λ_s) (paper: 1 in the ablations, 2 best)
     lambda_c: float = 6.0  # boundary map multiplier sqrt(e^λ_c) (paper: 6 in the ablations, 7 best)
@@ -69,6 +78,12 @@ class CDSP(Method):
             raise ValueError(
                 f"method.lorm_reduction is {params.lorm_reduction!r}; expected one of {LORM_REDUCTIONS}"
             )
+        if params.lorm_mask not in LORM_MASK_AXES:
+            raise ValueError(f"method.lorm_mask is {params.lorm_mask!r}; expected one of {LORM_MASK_AXES}")
+        if params.uncertain not in UNCERTAIN_READINGS:
+            raise ValueError(f"method.uncertain is {params.uncertain!r}; expected one of {UNCERTAIN_READINGS}")
+        if params.uncertain == "background" and self.background is None:
+            raise ValueError("method.uncertain=background needs a background class; this dataset has none")
         self.lorm: LoRM | None = None
 
     def dataset_maps(self) -> dict[str, Any]:
@@ -87,7 +102,7 @@ class CDSP(Method):
             level = self.params.lorm_level
             if not -len(channels) <= level < len(channels):
                 raise ValueError(f"method.lorm_level={level} but the backbone has {len(channels)} levels")
-            self.lorm = LoRM(int(channels[level]))
+            self.lorm = LoRM(int(channels[level]), mask_axis=self.params.lorm_mask)
 
     def foreground(self, pseudo: Tensor, size: tuple[int, int]) -> Tensor:
         """LoRM's row mask ``M``: ``[B, H, W]`` pseudo-label → bool ``[B, h, w]`` (nearest resize);
@@ -96,13 +111,24 @@ class CDSP(Method):
         keep = small != self.ignore_index
         return keep if self.background is None else keep & (small != self.background)
 
+    def pseudo_target(self, pseudo: Tensor, valid: Tensor | None) -> Tensor:
+        """``L_segc``'s target ``[B, H, W]``: the pseudo-label, with uncertain pixels inside the image set to
+        background when ``uncertain="background"``."""
+        if self.params.uncertain == "ignore":
+            return pseudo
+        uncertain = pseudo == self.ignore_index
+        if valid is not None:
+            uncertain &= valid
+        return pseudo.masked_fill(uncertain, int(self.background))
+
     def forward(self, outputs: dict[str, Any], batch: dict[str, Any]) -> dict[str, Tensor]:
         p = self.params
         logits, pseudo = outputs["logits"], batch["pseudo"]
+        target = self.pseudo_target(pseudo, batch.get("valid"))
         terms = {
             "segs": p.scribble_weight * partial_cross_entropy(logits, batch["scribble"], self.ignore_index),
             "segc": p.pseudo_weight
-            * partial_cross_entropy(logits, pseudo, self.ignore_index, label_smoothing=p.label_smoothing),
+            * partial_cross_entropy(logits, target, self.ignore_index, label_smoothing=p.label_smoothing),
         }
         if p.lorm:
             if self.lorm is None:

@@ -10,6 +10,8 @@ feature-space losses (dense CRF on deep features, prototypes, ...) work on.
 
 - ``deeplabv2``: the classic DeepLab-v2 ASPP classifier.
 - ``deeplabv2_aspp_bn``: the BatchNorm ASPP head that later DeepLab-v2 re-implementations use.
+- ``deeplabv2_cdsp``: the CDSP authors' variant of it, with ``num_classes``-wide branches fused by a 1x1
+  conv + norm (their R50-V2 ablation model).
 - ``deeplabv3plus``: DeepLab-v3+ (ASPP + low-level decoder).
 
 Normalisation of hidden layers is configurable with ``norm``: ``"bn"`` (BatchNorm2d), ``"syncbn"``
@@ -88,7 +90,8 @@ class ASPP(nn.Module):
     """Atrous spatial pyramid pooling: parallel branches, concatenated, fused by a 1x1 ConvNormAct.
 
     Branches: an optional 1x1 conv, one 3x3 conv per dilation ``rate`` and an image-pooling branch, each
-    mapping ``cin`` to ``channels``. Output ``[B, channels, H, W]`` (same size as the input).
+    mapping ``cin`` to ``channels``. Output ``[B, channels, H, W]`` (same size as the input), or with
+    ``fuse=False`` the concatenation ``[B, channels * branches, H, W]``.
     """
 
     def __init__(
@@ -100,13 +103,15 @@ class ASPP(nn.Module):
         with_1x1: bool,
         norm: str = "bn",
         dropout: float = 0.0,
+        fuse: bool = True,
     ) -> None:
         super().__init__()
         branches: list[nn.Module] = [ConvNormAct(cin, channels, 1, norm=norm)] if with_1x1 else []
         branches += [ConvNormAct(cin, channels, 3, dilation=r, norm=norm) for r in rates]
         branches.append(ImagePooling(cin, channels, norm=norm))
         self.branches = nn.ModuleList(branches)
-        self.project = ConvNormAct(channels * len(branches), channels, 1, norm=norm)
+        # fuse=False keeps the concatenation [B, channels * branches, H, W] (the CDSP authors' head)
+        self.project = ConvNormAct(channels * len(branches), channels, 1, norm=norm) if fuse else nn.Identity()
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -207,6 +212,43 @@ class DeepLabV2ASPPBNHead(nn.Module):
         return self.classifier(self.dropout(embedding)), embedding
 
 
+class CDSPASPPHead(nn.Module):
+    """The ASPP head of the CDSP authors' ResNet "DeepLabV2" models (their R50-V2 ablation), whose branches
+    are as wide as the number of classes.
+
+    Branches on the deepest feature, each conv (no bias) -> norm -> ReLU to ``num_classes`` channels: a 1x1
+    conv (the first of the four rates is unused by a 1x1 kernel), 3x3 convs with dilations ``rates[1:]``
+    (12, 18, 24) and an image-pooling branch. The ``5·K`` concatenation is the embedding; a 1x1 conv (no
+    bias) -> norm fuses it into the logits, with no ReLU or dropout after it. Output at the deepest stride.
+    ``rate_scale`` < 1 shrinks the rates for small crops (:func:`fit_aspp_rates`).
+    """
+
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        strides: Sequence[int],
+        num_classes: int,
+        *,
+        rates: Sequence[int] = (6, 12, 18, 24),
+        norm: str = "bn",
+        rate_scale: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.rates = fit_aspp_rates(rates, rate_scale)
+        k = num_classes
+        self.aspp = ASPP(in_channels[-1], k, self.rates[1:], with_1x1=True, norm=norm, fuse=False)
+        self.embed_dim = k * (len(self.rates) + 1)  # 1x1 + 3x3 branches + image pooling
+        self.fuse = nn.Sequential(nn.Conv2d(self.embed_dim, k, 1, bias=False), make_norm(norm, k))
+        _init_hidden(self)
+        self.num_classes = num_classes
+        self.output_stride = strides[-1]
+
+    def forward(self, features: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        """``features``: backbone levels -> (logits ``[B, K, h, w]``, concatenated branches ``[B, 5K, h, w]``)."""
+        embedding = self.aspp(features[-1])
+        return self.fuse(embedding), embedding
+
+
 class DeepLabV3PlusHead(nn.Module):
     """DeepLab-v3+ (Chen et al., ECCV 2018) on the deepest and the shallowest backbone levels.
 
@@ -270,6 +312,7 @@ HeadFactory = Callable[..., nn.Module]
 HEADS: dict[str, HeadFactory] = {
     "deeplabv2": DeepLabV2Head,
     "deeplabv2_aspp_bn": DeepLabV2ASPPBNHead,
+    "deeplabv2_cdsp": CDSPASPPHead,
     "deeplabv3plus": DeepLabV3PlusHead,
 }
 
