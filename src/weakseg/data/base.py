@@ -24,6 +24,8 @@ import inspect
 import operator
 import os
 import re
+import warnings
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +35,7 @@ import numpy as np
 import torch
 
 from weakseg.data.tags import load_tags_file, resolve_background, tags_from_label, with_background
-from weakseg.io import DataError, read_image_rgb, read_label
+from weakseg.io import DataError, WeaksegWarning, check_sample_id, read_image_rgb, read_label
 
 IGNORE_INDEX = 255
 # Keys with a fixed meaning in a sample; label maps and float maps may not use them.
@@ -73,6 +75,7 @@ class PathPattern:
     pattern: str
 
     def __call__(self, sample_id: str) -> Path:
+        check_sample_id(sample_id, self.root)  # ids never reach outside (also checked on reading splits)
         return self.root / self.pattern.replace("{id}", sample_id)
 
 
@@ -81,9 +84,37 @@ def pattern_source(key: str, root: Path, pattern: str, emit: bool = True) -> Lab
     return LabelSource(key, PathPattern(Path(root), pattern), emit=emit)
 
 
-def read_split_file(path: Path, split: str, available: Sequence[str]) -> list[str]:
+def duplicate_ids(ids: Sequence[str]) -> dict[str, int]:
+    """``{id: count}`` of the ids listed more than once, in first-seen order."""
+    return {i: n for i, n in Counter(ids).items() if n > 1}
+
+
+def check_split_ids(ids: Sequence[str], source: str | os.PathLike) -> list[str]:
+    """Validate split ids (see :func:`weakseg.io.check_sample_id`) and warn about duplicates, which
+    would otherwise be sampled more often without notice. Returns ``ids`` unchanged."""
+    for sample_id in ids:
+        check_sample_id(sample_id, source)
+    dups = duplicate_ids(ids)
+    if dups:
+        shown = ", ".join(f"{i!r} x{n}" for i, n in list(dups.items())[:5])
+        more = f" and {len(dups) - 5} more" if len(dups) > 5 else ""
+        warnings.warn(
+            f"{source} lists {len(dups)} sample id(s) more than once ({shown}{more}); "
+            "those samples are drawn that many times per epoch",
+            WeaksegWarning,
+            stacklevel=3,
+        )
+    return list(ids)
+
+
+def read_split_file(
+    path: Path, split: str, available: Sequence[str], parse: Callable[[str], str] | None = None
+) -> list[str]:
     """Sample ids listed in ``path``, one per line (blank lines, ``#`` comments and a missing
-    trailing newline are tolerated). Raises :class:`DataError` for an unknown or empty split."""
+    trailing newline are tolerated); ``parse`` turns a line into its id (default: the line).
+
+    Raises :class:`DataError` for an unknown or empty split and for ids that could reach outside
+    the dataset folder (absolute, ``..``); warns about ids listed more than once."""
     if not path.is_file():
         known = ", ".join(sorted(available)) or "none"
         raise DataError(f"unknown split {split!r}: no split file {path} (available splits: {known})")
@@ -95,7 +126,9 @@ def read_split_file(path: Path, split: str, available: Sequence[str]) -> list[st
     ids = [i for i in ids if i and not i.startswith("#")]
     if not ids:
         raise DataError(f"split file {path} lists no sample ids (split {split!r} is empty)")
-    return ids
+    if parse is not None:
+        ids = [parse(i) for i in ids]
+    return check_split_ids(ids, path)
 
 
 def check_label_values(label: np.ndarray, num_classes: int, path: Path | str) -> None:
@@ -451,15 +484,25 @@ class SegDataset(torch.utils.data.Dataset):
                 problems.append(str(err))
         return problems
 
+    def check_samples(self, indices: Sequence[int]) -> list[str]:
+        """Every problem with the samples ``indices`` (files readable, sizes, label values, tags):
+        what :meth:`verify` checks, on a subset (the training pre-flight reads a spread sample)."""
+        return [msg for i in indices for msg in self._check_sample(self._index(i))]
+
     def verify(self, progress: bool = False, raise_on_error: bool = False) -> list[str]:
-        """Check every sample; return all problems found (one message per problem, each naming
-        the file). With ``raise_on_error`` a non-empty list raises one :class:`DataError`."""
+        """Check every sample and the id list (duplicates); return all problems found (one message
+        per problem, each naming the file or id). With ``raise_on_error`` a non-empty list raises
+        one :class:`DataError`."""
         indices: Any = range(len(self.ids))
         if progress:
             from tqdm import tqdm
 
             indices = tqdm(indices, desc=f"verify {self.name}/{self.split}", unit="sample")
-        problems = [msg for i in indices for msg in self._check_sample(i)]
+        problems = [
+            f"split {self.split!r} lists sample id {sid!r} {count} times"
+            for sid, count in duplicate_ids(self.ids).items()
+        ]
+        problems += [msg for i in indices for msg in self._check_sample(i)]
         if problems and raise_on_error:
             raise DataError(
                 f"{len(problems)} problem(s) in dataset {self.name!r} split {self.split!r}:\n"

@@ -35,7 +35,14 @@ from typing import Any, Literal
 
 import numpy as np
 
-from weakseg.data.base import PathPattern, SegDataset, TagsSource, pattern_source, read_split_file
+from weakseg.data.base import (
+    PathPattern,
+    SegDataset,
+    TagsSource,
+    check_split_ids,
+    pattern_source,
+    read_split_file,
+)
 from weakseg.io import DataError, atomic_save_label_png
 
 COCO_CLASSES: tuple[str, ...] = (
@@ -103,6 +110,7 @@ class COCODataset(SegDataset):
                 raise DataError(
                     f"split {split!r} is empty: no split file {split_file} and no PNG in {label_dir}"
                 )
+            check_split_ids(ids, label_dir)
         super().__init__(
             name="coco2014",
             root=root,

@@ -133,13 +133,13 @@ class VOCDataset(SegDataset):
             raise DataError(f"VOC root folder not found: {root}")
         if scribbles not in ("png", "xml", None):
             raise ValueError(f"scribbles must be 'png', 'xml' or None, got {scribbles!r}")
-        lines = read_split_file(_split_file(root, split), split, voc_splits(root))
+        ids = read_split_file(_split_file(root, split), split, voc_splits(root), parse=_first_field_id)
         super().__init__(
             name="voc2012",
             root=root,
             split=split,
             classes=VOC_CLASSES,
-            ids=[_first_field_id(line) for line in lines],
+            ids=ids,
             image_path=PathPattern(root, "JPEGImages/{id}.jpg"),
             image_mode="RGB",
             background=0,
