@@ -68,9 +68,25 @@ def build_dataset(cfg: Config, split: str, *, train: bool, requires: Iterable[st
         if not dataset.has(key):
             raise ConfigError(
                 f"method '{cfg.method['name']}' needs '{key}' labels but the dataset at {d.root} "
-                f"(split '{split}') has none" + (" (set data.pseudo_dir)" if key == "pseudo" else "")
+                f"(split '{split}') has none; {_label_recipe(key, d.root, split)}"
             )
     return dataset
+
+
+def _label_recipe(key: str, root: str, split: str) -> str:
+    """How to make the label maps ``key`` that a method needs (part of the missing-labels error)."""
+    recipes = {
+        "scribble": f"simulate scribbles from its masks with `weakseg data simulate {root} {root}-scribbles` "
+        f"and train with data.root={root}-scribbles",
+        "pseudo": "make pseudo-labels with `weakseg cam <classifier checkpoint> --split "
+        f"{split} --out cams/` and `weakseg pseudo-labels cams/ --out pl/`, "
+        "then set data.pseudo_dir=pl/pseudo",
+        "tags": f"write tags with `weakseg data tags {root} --source masks --out {root}/tags.csv` and set "
+        f"data.tags={root}/tags.csv",
+        "mask": "it needs dense masks (layout 'masks'); "
+        "train a method for weak labels instead (e.g. method.name=pce)",
+    }
+    return recipes.get(key, f"add '{key}' label maps to the dataset")
 
 
 def method_requires(cfg: Config) -> tuple[str, ...]:
@@ -89,6 +105,7 @@ def build_model(
     ``pretrained=False`` skips weight loading (when a checkpoint's weights follow).
     """
     m = cfg.model
+    check_model_config(cfg)
     common = dict(
         num_classes=num_classes,
         pretrained=m.pretrained if pretrained else None,
@@ -121,6 +138,23 @@ def build_model(
                 "(set model.head_channels=null)"
             ) from err
         raise
+    except ValueError as err:  # a combination the factories reject (e.g. a ViT at output stride 8)
+        raise ConfigError(f"model (backbone '{m.backbone}', head '{m.head}'): {err}") from None
+
+
+def check_model_config(cfg: Config) -> None:
+    """An unknown ``model.backbone`` / ``model.head`` is a config error naming the key and the choices."""
+    from weakseg.models import BACKBONES, HEADS
+
+    m = cfg.model
+    if m.backbone not in BACKBONES:
+        raise ConfigError(
+            f"config key 'model.backbone' is '{m.backbone}'; expected one of {', '.join(sorted(BACKBONES))}"
+        )
+    if get_method_class(cfg.method["name"]).model_kind != "classifier" and m.head not in HEADS:
+        raise ConfigError(
+            f"config key 'model.head' is '{m.head}'; expected one of {', '.join(sorted(HEADS))}"
+        )
 
 
 def aspp_head_kwargs(cfg: Config) -> dict[str, object]:
@@ -149,4 +183,11 @@ def build_method_for(cfg: Config, dataset: SegDataset) -> Method:
     )
 
 
-__all__ = ["build_dataset", "build_method_for", "build_model", "get_method_class", "method_requires"]
+__all__ = [
+    "build_dataset",
+    "build_method_for",
+    "build_model",
+    "check_model_config",
+    "get_method_class",
+    "method_requires",
+]

@@ -1,15 +1,26 @@
-"""The ``weakseg`` command line: ``weakseg <command> --help`` documents each command."""
+"""The ``weakseg`` command line: ``weakseg <command> --help`` documents each command.
+
+Errors in what the user gave (:class:`~weakseg.config.ConfigError` and every
+:class:`~weakseg.io.UserError`: data, checkpoints, run folders, a diverged run, a full disk) are
+printed as one line ``weakseg <command>: error: <message>`` and exit with status 2; warnings are
+printed as ``weakseg: warning: <message>``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TextIO
 
 from weakseg.config import ConfigError
-from weakseg.io import DataError
+from weakseg.io import DataError, UserError, WeaksegWarning, disk_full_error, is_disk_full
+
+# What exits with status 2 and a one-line message (anything else is a bug: traceback, status 1).
+USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, UserError)
 
 
 def _add_inference_options(p: argparse.ArgumentParser) -> None:
@@ -70,6 +81,14 @@ def _device(name: str | None) -> str:
     return name or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _output_folder(path: str | Path, option: str = "--out") -> Path:
+    """``path`` as an output folder: an existing file there is a one-line error, not a traceback."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise DataError(f"{option} {path} is an existing file; expected a folder (new or existing)")
+    return path
+
+
 # ---------------------------------------------------------------------------------------------- train
 def cmd_train(args: argparse.Namespace) -> int:
     from weakseg.config import load_config
@@ -79,11 +98,27 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.out:
         overrides.append(f"out_dir={args.out}")
     cfg = load_config(args.config, overrides)
+    _output_folder(cfg.run_dir)
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume and --overwrite exclude each other: continue the run, or start it again")
     resume = args.resume
     if resume == "auto":
         last = cfg.run_dir / "last.ckpt"
         resume = str(last) if last.is_file() else None
-    result = train(cfg, resume=resume, device=args.device, progress=not args.quiet)
+        if resume is None:
+            from weakseg.engine.run_folder import RunFolderError, existing_run_files
+
+            if existing_run_files(cfg.run_dir):
+                raise RunFolderError(
+                    f"--resume: run folder {cfg.run_dir} holds a run but no {last.name} to resume from; "
+                    "start it again with --overwrite, or train into another folder with --out DIR"
+                )
+            warnings.warn(
+                f"--resume: no checkpoint {last} to resume from; starting a new run at step 0",
+                WeaksegWarning,
+                stacklevel=2,
+            )
+    result = train(cfg, resume=resume, overwrite=args.overwrite, device=args.device, progress=not args.quiet)
     if result.metrics:
         _print_summary(result.metrics, result.run_dir)
     return 0
@@ -99,16 +134,22 @@ def _print_summary(metrics: dict, run_dir: Path) -> None:
 # ---------------------------------------------------------------------------------------------- evaluate
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from weakseg.builders import build_dataset
+    from weakseg.engine.checkpoint import check_classes
     from weakseg.engine.evaluation import evaluate, write_evaluation_report
     from weakseg.engine.inference import inference_options
     from weakseg.engine.trainer import load_trained_model
+    from weakseg.io import clean_stale_temp_files
 
+    if args.out:
+        _output_folder(args.out)  # before the (slow) model load
     device = _device(args.device)
-    model, cfg, _ = load_trained_model(args.checkpoint, device)
+    model, cfg, meta = load_trained_model(args.checkpoint, device)
     cfg = _with_overrides(cfg, _inference_overrides(args) + list(args.overrides))
     split = args.split or cfg.data.val_split
     dataset = build_dataset(cfg, split, train=False, requires=("mask",))
-    out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval_{split}"
+    check_classes(meta.get("classes"), dataset, args.checkpoint)
+    out = _output_folder(args.out if args.out else Path(args.checkpoint).parent / f"eval_{split}")
+    clean_stale_temp_files(out, recursive=True)
     metrics = evaluate(
         model,
         dataset,
@@ -164,21 +205,33 @@ def _collect_images(inputs: Sequence[str]) -> list[Path]:
 def cmd_predict(args: argparse.Namespace) -> int:
     from weakseg.engine.predict import predict_files
     from weakseg.engine.trainer import load_trained_model
+    from weakseg.io import clean_stale_temp_files
 
+    out = _output_folder(args.out)
+    files = _collect_images(args.inputs)
     device = _device(args.device)
     model, cfg, meta = load_trained_model(args.checkpoint, device)
     cfg = _with_overrides(cfg, _inference_overrides(args))
-    files = _collect_images(args.inputs)
+    clean_stale_temp_files(out, recursive=True)
     written = predict_files(
         model,
         files,
-        Path(args.out),
+        out,
         cfg.eval,
         device=device,
         progress=not args.quiet,
         image_mode=args.image_mode or meta.get("image_mode"),
     )
     print(f"wrote {len(written)} masks and overlays to {args.out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- convert
+def cmd_convert_checkpoint(args: argparse.Namespace) -> int:
+    from weakseg.engine.checkpoint import convert_checkpoint
+
+    convert_checkpoint(args.src, args.dst)
+    print(f"converted {args.src} -> {args.dst} (loads without running code)")
     return 0
 
 
@@ -229,6 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="CKPT",
         help="resume from CKPT, or (no value) from the run folder's last.ckpt",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="the run folder holds a run: delete its outputs (checkpoints, logs, plots, overlays) and "
+        "start again (without --resume or --overwrite such a folder is refused)",
     )
     p.add_argument("--out", default=None, help="run folder (default: runs/<name>)")
     p.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda when available)")
@@ -285,16 +344,51 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("methods", help="list the training methods and their parameters")
     p.set_defaults(func=cmd_methods)
+
+    p = sub.add_parser(
+        "convert-checkpoint",
+        help="rewrite a trusted older checkpoint in the safe format",
+        description="Rewrite a checkpoint that the safe loader refuses (an older format) in the current "
+        "format, which loads without running code. Reading SRC runs whatever it contains: use this only "
+        "on checkpoints you made yourself or otherwise trust.",
+    )
+    p.add_argument("src", help="the trusted old checkpoint")
+    p.add_argument("dst", help="where to write the converted checkpoint")
+    p.set_defaults(func=cmd_convert_checkpoint)
     return parser
+
+
+_default_showwarning = warnings.showwarning
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """weakseg's own warnings as one line ``weakseg: warning: ...`` on stderr; others as Python shows them."""
+    if issubclass(category, WeaksegWarning):
+        print(f"weakseg: warning: {message}", file=file or sys.stderr)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    warnings.showwarning = _show_warning
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, DataError) as err:
+    except USER_ERRORS as err:
         print(f"weakseg {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if not is_disk_full(err):
+            raise
+        print(f"weakseg {args.command}: error: {disk_full_error(err.filename or '?', err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

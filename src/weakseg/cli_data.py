@@ -3,9 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import warnings
 from pathlib import Path
 
-from weakseg.io import DataError
+from weakseg.io import DataError, WeaksegWarning
+
+
+def _new_dataset_folder(path: str, overwrite: bool) -> None:
+    """Refuse to write a dataset over an existing one (``dataset.json`` there) without ``--overwrite``."""
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise DataError(f"{folder} is an existing file; expected a folder for the new dataset")
+    if (folder / "dataset.json").is_file() and not overwrite:
+        raise DataError(
+            f"{folder} already holds a dataset ({folder / 'dataset.json'}); choose another folder, "
+            "or pass --overwrite to write over its files"
+        )
+
+
+def _splits_of(root: str, fmt: str) -> list[str]:
+    from weakseg.data.coco import coco_splits
+    from weakseg.data.folder import list_splits
+    from weakseg.data.voc import voc_splits
+
+    return {"voc": voc_splits, "coco": coco_splits}.get(fmt, list_splits)(root)
 
 
 def _open_dataset(root: str, split: str, fmt: str):
@@ -23,6 +44,7 @@ def _open_dataset(root: str, split: str, fmt: str):
 def cmd_synthetic(args: argparse.Namespace) -> int:
     from weakseg.data.synthetic import make_synthetic_dataset
 
+    _new_dataset_folder(args.out, args.overwrite)
     root = make_synthetic_dataset(
         args.out,
         num_train=args.num_train,
@@ -40,6 +62,7 @@ def cmd_synthetic(args: argparse.Namespace) -> int:
 def cmd_variant(args: argparse.Namespace) -> int:
     from weakseg.data.scribbles import write_scribble_variant
 
+    _new_dataset_folder(args.dst, args.overwrite)
     ratio = getattr(args, "ratio", 0.0)
     root = write_scribble_variant(
         args.src,
@@ -56,17 +79,29 @@ def cmd_variant(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    dataset = _open_dataset(args.root, args.split, args.format)
-    problems = dataset.verify(progress=not args.quiet)
-    if problems:
+    splits = args.split or _splits_of(args.root, args.format)
+    if not splits:
+        raise DataError(f"{args.root} has no splits to verify (no split files found)")
+    total = 0
+    for split in splits:
+        try:
+            with warnings.catch_warnings():  # duplicate ids are reported below as problems
+                warnings.simplefilter("ignore", WeaksegWarning)
+                dataset = _open_dataset(args.root, split, args.format)
+            problems = dataset.verify(progress=not args.quiet)
+        except DataError as err:  # the split itself is unusable (missing, empty, unsafe ids)
+            problems, dataset = [str(err)], None
         for p in problems:
             print(p)
-        raise DataError(f"{len(problems)} problem(s) in {args.root} split '{args.split}'")
-    kinds = [k for k in ("mask", "scribble", "pseudo") if dataset.has(k)]
-    print(
-        f"{args.root} split '{args.split}': {len(dataset)} samples, {dataset.num_classes} classes, "
-        f"labels: {', '.join(kinds) or 'none'}; all files readable and consistent"
-    )
+        total += len(problems)
+        if dataset is not None and not problems:
+            kinds = [k for k in ("mask", "scribble", "pseudo") if dataset.has(k)]
+            print(
+                f"{args.root} split '{split}': {len(dataset)} samples, {dataset.num_classes} classes, "
+                f"labels: {', '.join(kinds) or 'none'}; all files readable and consistent, no duplicate ids"
+            )
+    if total:
+        raise DataError(f"{total} problem(s) in {args.root} (splits checked: {', '.join(splits)})")
     return 0
 
 
@@ -115,6 +150,7 @@ def add_data_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-classes", type=int, default=4, help="background + shape classes (2..6)")
     p.add_argument("--mode", choices=["RGB", "L"], default="RGB")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="write over an existing dataset in OUT")
     p.set_defaults(func=cmd_synthetic)
 
     helps = {
@@ -136,12 +172,15 @@ def add_data_parser(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--width", type=int, default=3, help="stroke width of simulated scribbles (pixels)")
         p.add_argument("--splits", nargs="+", default=None, help="splits to process (default: all)")
+        p.add_argument("--overwrite", action="store_true", help="write over an existing dataset in DST")
         p.add_argument("--quiet", action="store_true")
         p.set_defaults(func=cmd_variant, op=op)
 
-    p = dsub.add_parser("verify", help="read every sample of a split and report every problem")
+    p = dsub.add_parser(
+        "verify", help="read every sample of every split (or the given ones) and report every problem"
+    )
     p.add_argument("root")
-    p.add_argument("--split", default="train")
+    p.add_argument("--split", nargs="+", default=None, help="splits to check (default: all of them)")
     p.add_argument("--format", choices=["folder", "voc", "coco"], default="folder")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_verify)

@@ -22,8 +22,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from weakseg.engine.guards import reraise_worker_errors
 from weakseg.engine.inference import predict_labels
-from weakseg.io import DataError, atomic_save_label_png, atomic_write_json, json_safe
+from weakseg.io import DataError, atomic_save_label_png, atomic_write_json, json_safe, safe_join
 from weakseg.metrics import ConfusionMatrix, VolumeDice, is_volume_slice_id
 from weakseg.viz import make_palette, plot_per_class_bar, save_overlay
 
@@ -70,14 +71,17 @@ def _model_device(model: nn.Module) -> torch.device | None:
 def _save_prediction(
     save_dir: Path, sample: Sample, pred: torch.Tensor, palette: np.ndarray, ignore: int
 ) -> None:
-    """``{id}.png`` (palette PNG of ``pred`` [H, W]) and ``overlays/{id}.jpg`` over the image."""
+    """``{id}.png`` (palette PNG of ``pred`` [H, W]) and ``overlays/{id}.jpg`` over the image, both
+    refused (:class:`DataError`) if the id would place them outside ``save_dir``."""
     sid = str(sample["id"])
+    mask_path = safe_join(save_dir, f"{sid}.png")
+    overlay_path = safe_join(save_dir / "overlays", f"{sid}.jpg")
     label = pred.to("cpu", torch.uint8).numpy()
-    atomic_save_label_png(save_dir / f"{sid}.png", label, palette=palette)
+    atomic_save_label_png(mask_path, label, palette=palette)
     image = torch.as_tensor(sample["image"]).float()
     if tuple(image.shape[-2:]) != tuple(label.shape):
         image = F.interpolate(image[None], size=label.shape, mode="bilinear", align_corners=False)[0]
-    save_overlay(save_dir / "overlays" / f"{sid}.jpg", image.clamp(0, 1), label, ignore_index=ignore)
+    save_overlay(overlay_path, image.clamp(0, 1), label, ignore_index=ignore)
 
 
 def _named(
@@ -186,7 +190,7 @@ def evaluate(
     num_samples = 0
     try:
         with tqdm(total=len(dataset), desc="evaluate", unit="img", disable=not progress) as bar:
-            for batch in loader:
+            for batch in reraise_worker_errors(loader):
                 for sample in batch:
                     _check_sample(sample)
                 for group in _group_by_size(batch):

@@ -444,7 +444,7 @@ def run_robustness(
             resume = last if reuse and last.is_file() else None
             if progress:
                 print(f"robustness {tag}: {'resuming' if resume else 'training'} in {run_dir}", flush=True)
-            train(cfg, resume=resume, device=device, progress=progress)
+            train(cfg, resume=resume, overwrite=resume is None, device=device, progress=progress)
         elif progress:
             print(f"robustness {tag}: reusing {metrics_path}", flush=True)
         row = robustness_row(

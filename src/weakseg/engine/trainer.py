@@ -4,6 +4,12 @@ One step: load a batch → model forward → method turns outputs + labels into 
 backward on their sum → optimiser step. Around it: per-step learning rate, autocast, gradient
 clipping, periodic logging / validation / checkpoints, exact resume and DDP under torchrun.
 Nothing in the step reads values back to the host except on logging steps.
+
+Safety around it (docs/reliability.md): the run folder is checked and locked before anything is
+written (:mod:`weakseg.engine.run_folder`), the data is checked before the first step
+(:mod:`weakseg.engine.preflight`), non-finite losses and gradients are flagged on the device every
+step and checked at each log / validation / checkpoint boundary before anything is written
+(:mod:`weakseg.engine.guards`), and a DataLoader worker's data error arrives as its one-line message.
 """
 
 from __future__ import annotations
@@ -24,16 +30,28 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from weakseg.builders import build_dataset, build_method_for, build_model, method_requires
+from weakseg.builders import build_dataset, build_method_for, build_model, check_model_config, method_requires
 from weakseg.config import Config, config_to_dict, to_yaml
 from weakseg.data.base import SegDataset
-from weakseg.engine.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from weakseg.engine.checkpoint import (
+    CheckpointError,
+    NonFiniteWeightsError,
+    check_classes,
+    first_nonfinite,
+    load_checkpoint,
+    load_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from weakseg.engine.distributed import DistInfo, barrier, cleanup_distributed, reduce_mean, setup_distributed
 from weakseg.engine.evaluation import evaluate, write_evaluation_report
+from weakseg.engine.guards import NonFiniteGuard, nonfinite_hint, reraise_worker_errors
 from weakseg.engine.inference import inference_options, predict_labels
 from weakseg.engine.optim import apply_lr, build_optimizer
+from weakseg.engine.preflight import preflight
+from weakseg.engine.run_folder import check_run_dir, claim_run_dir
 from weakseg.engine.sampling import EpochIndexed, StepBatchSampler
-from weakseg.io import atomic_write_json, atomic_write_text
+from weakseg.io import WeaksegWarning, append_text, atomic_write_json, atomic_write_text, safe_join
 from weakseg.methods import Method
 from weakseg.models import Segmentor
 
@@ -89,17 +107,39 @@ def selection_score(metrics: dict[str, Any]) -> float:
     return float(metrics["mIoU"])
 
 
+def read_log_rows(path: Path, up_to_step: int | None = None) -> list[str]:
+    """The complete JSON lines of ``metrics.jsonl`` (with ``step <= up_to_step`` when given).
+
+    A line that is not a complete JSON object (a write cut short by a crash or a full disk) is
+    dropped with a warning naming the file and line, so it can never block a resume.
+    """
+    kept = []
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+            warnings.warn(
+                f"{path}: dropped line {number}, which is not a complete log row (a write cut short?)",
+                WeaksegWarning,
+                stacklevel=2,
+            )
+            continue
+        if up_to_step is None or row["step"] <= up_to_step:
+            kept.append(line)
+    return kept
+
+
 class MetricsLog:
     """Append-only JSON-lines log of training and validation rows (``metrics.jsonl``)."""
 
     def __init__(self, path: Path, resume_step: int | None, tensorboard: bool):
         self.path = path
         if resume_step is not None and path.exists():
-            kept = [
-                line
-                for line in path.read_text().splitlines()
-                if line and json.loads(line)["step"] <= resume_step
-            ]
+            kept = read_log_rows(path, resume_step)
             atomic_write_text(path, "".join(line + "\n" for line in kept))
         elif path.exists():
             path.unlink()
@@ -116,8 +156,7 @@ class MetricsLog:
                 )
 
     def write(self, row: dict[str, Any]) -> None:
-        with self.path.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(row) + "\n")
+        append_text(self.path, json.dumps(row) + "\n")
         if self.writer is not None:
             for k, v in row.items():
                 if k != "step" and isinstance(v, (int, float)):
@@ -154,7 +193,7 @@ def write_overlays(
         pred = predict_labels(model, sample["image"][None].to(device), **inference_options(cfg.eval))[0].cpu()
         image = (sample["image"].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
         gt = sample["mask"].numpy() if "mask" in sample else None
-        save_overlay(out_dir / f"{sample['id']}.jpg", image, pred.numpy(), gt=gt)
+        save_overlay(safe_join(out_dir, f"{sample['id']}.jpg"), image, pred.numpy(), gt=gt)
 
 
 def _run_validation(
@@ -185,6 +224,7 @@ def train(
     cfg: Config,
     *,
     resume: str | Path | None = None,
+    overwrite: bool = False,
     device: str | None = None,
     progress: bool = True,
 ) -> TrainResult:
@@ -194,17 +234,57 @@ def train(
     ``best.ckpt``, and at the end ``metrics.json`` (final validation), ``per_class_iou.png``,
     ``training_curves.png`` and ``overlays/``. ``resume`` is a checkpoint path; the loop continues
     from its step with identical data order, learning rate and random state.
+
+    A folder that already holds a run is refused (:class:`~weakseg.engine.run_folder.RunFolderError`)
+    unless ``resume`` is given or ``overwrite`` is set, which first deletes the old run's outputs; a
+    folder another training is using is always refused. Before the first step the data is checked
+    (:func:`~weakseg.engine.preflight.preflight`); a loss term or gradient that becomes NaN / inf
+    stops the run with :class:`~weakseg.engine.guards.TrainingDivergedError` before anything of the
+    diverged state is written.
     """
     info = setup_distributed(device)
     try:
-        return _train(cfg, info, resume=resume, progress=progress and info.is_main)
+        with contextlib.ExitStack() as cleanup:
+            return _train(
+                cfg,
+                info,
+                resume=resume,
+                overwrite=overwrite,
+                progress=progress and info.is_main,
+                cleanup=cleanup,
+            )
     finally:
         cleanup_distributed(info)
 
 
-def _train(cfg: Config, info: DistInfo, *, resume: str | Path | None, progress: bool) -> TrainResult:
+def check_resume_compatible(
+    ckpt: dict[str, Any], cfg: Config, train_set: SegDataset, path: str | Path
+) -> None:
+    """Refuse resuming from a checkpoint of another method or with other classes (one line each)."""
+    theirs = (ckpt.get("config") or {}).get("method", {}).get("name")
+    ours = cfg.method["name"]
+    if theirs is not None and theirs != ours:
+        raise CheckpointError(
+            f"cannot resume from {path}: it was trained with method '{theirs}' but the config trains "
+            f"'{ours}'; resume with the config it was trained with, or start a new run without --resume"
+        )
+    check_classes(ckpt.get("classes"), train_set, path)
+
+
+def _train(
+    cfg: Config,
+    info: DistInfo,
+    *,
+    resume: str | Path | None,
+    overwrite: bool,
+    progress: bool,
+    cleanup: contextlib.ExitStack,
+) -> TrainResult:
     dev = info.device
     run_dir = cfg.run_dir
+    check_model_config(cfg)  # unknown backbone / head: stop before any work
+    if info.is_main:  # refuse a clobbered or busy folder before any work (nothing is written yet)
+        check_run_dir(run_dir, resume=resume is not None, overwrite=overwrite)
     seed_everything(cfg.train.seed)
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -212,8 +292,15 @@ def _train(cfg: Config, info: DistInfo, *, resume: str | Path | None, progress: 
     requires = method_requires(cfg)
     train_set = build_dataset(cfg, cfg.data.train_split, train=True, requires=requires)
     val_set = build_dataset(cfg, cfg.data.val_split, train=False, requires=("mask",))
+    preflight(cfg, train_set, val_set, world_size=info.world_size)
 
     ckpt = load_checkpoint(resume, map_location="cpu") if resume else None
+    if ckpt is not None:
+        assert resume is not None
+        check_resume_compatible(ckpt, cfg, train_set, resume)
+    if info.is_main:
+        lock = claim_run_dir(run_dir, resume=resume is not None, overwrite=overwrite)
+        cleanup.callback(lock.release)
     model = build_model(cfg, train_set.num_classes, background=train_set.background, pretrained=ckpt is None)
     method = build_method_for(cfg, train_set)
     for key, map_fn in method.dataset_maps().items():
@@ -234,9 +321,16 @@ def _train(cfg: Config, info: DistInfo, *, resume: str | Path | None, progress: 
 
     start_step, best_score = 0, -math.inf
     if ckpt is not None:
-        module.model.load_state_dict(ckpt["model"])
-        module.method.load_state_dict(ckpt.get("method", {}))
-        optimizer.load_state_dict(ckpt["optimizer"])
+        assert resume is not None
+        load_state(module.model, ckpt["model"], resume, "model")
+        load_state(module.method, ckpt.get("method", {}), resume, f"method '{cfg.method['name']}'")
+        try:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        except (ValueError, KeyError) as err:
+            raise CheckpointError(
+                f"cannot resume from {resume}: its optimiser state does not fit ({err}); "
+                "was it trained with another optim.name or model?"
+            ) from None
         if "scaler" in ckpt:
             scaler.load_state_dict(ckpt["scaler"])
         start_step = int(ckpt["step"])
@@ -281,7 +375,13 @@ def _train(cfg: Config, info: DistInfo, *, resume: str | Path | None, progress: 
     if ckpt is not None:
         set_rng_state(ckpt["rng"])  # last, so nothing above consumes the restored stream
 
+    last_saved = start_step if ckpt is not None else None  # step of the newest last.ckpt written
+    guard = NonFiniteGuard(dev, check_grads=not use_scaler)  # fp16: the grad scaler handles inf grads
+    hint = nonfinite_hint(cfg.train.amp, cfg.optim.lr, cfg.optim.grad_clip)
+    trainable = [p for p in module.parameters() if p.requires_grad]
+
     def checkpoint(name: str, step: int) -> None:
+        nonlocal last_saved
         save_checkpoint(
             run_dir / name,
             model=module.model.state_dict(),
@@ -296,6 +396,8 @@ def _train(cfg: Config, info: DistInfo, *, resume: str | Path | None, progress: 
             background=train_set.background,
             image_mode=train_set.image_mode,
         )
+        if name == "last.ckpt":
+            last_saved = step
 
     started = time.monotonic()
     window_start, window_images, paused = time.monotonic(), 0, 0.0
@@ -305,7 +407,7 @@ def _train(cfg: Config, info: DistInfo, *, resume: str | Path | None, progress: 
         total=total, initial=start_step, desc=f"train {cfg.name}", disable=not progress, dynamic_ncols=True
     )
     train_module.train()
-    for batch in loader:
+    for batch in reraise_worker_errors(loader):
         batch = move_batch(batch, dev)
         if cfg.model.channels_last:
             batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
@@ -314,30 +416,22 @@ def _train(cfg: Config, info: DistInfo, *, resume: str | Path | None, progress: 
         with autocast:
             losses = train_module(batch)
         loss = torch.stack([v.float() for v in losses.values()]).sum()
+        guard.observe_losses(step + 1, losses)  # device flags only: no host sync
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        grad_norm = None
         if cfg.optim.grad_clip:
             scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.optim.grad_clip)
+            grad_norm = torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.optim.grad_clip)
+        elif guard.check_grads:
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in trainable if p.grad is not None])
+        if guard.check_grads and grad_norm is not None:
+            guard.observe_grad_norm(step + 1, grad_norm)
         scaler.step(optimizer)
         scaler.update()
         step += 1
         window_images += batch["image"].shape[0] * info.world_size
         bar.update(1)
-
-        if step % cfg.train.log_every == 0 or step == total:
-            values = reduce_mean({"loss": loss.detach(), **{k: v.detach() for k, v in losses.items()}}, info)
-            values = {k: float(v) for k, v in values.items()}
-            if not math.isfinite(values["loss"]):
-                raise FloatingPointError(
-                    f"loss became {values['loss']} at step {step} ({values}); lower optim.lr?"
-                )
-            elapsed = time.monotonic() - window_start - paused
-            row = {"step": step, "lr": lr, **values, "images_per_s": window_images / max(elapsed, 1e-9)}
-            window_start, window_images, paused = time.monotonic(), 0, 0.0
-            if log is not None:
-                log.write(row)
-            bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{lr:.2e}")
 
         out_of_time = (
             cfg.train.max_minutes is not None and (time.monotonic() - started) / 60 >= cfg.train.max_minutes
@@ -347,7 +441,24 @@ def _train(cfg: Config, info: DistInfo, *, resume: str | Path | None, progress: 
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
             out_of_time = bool(flag.item())
         finished = step == total or out_of_time
-        if step % cfg.train.val_every == 0 and not finished:
+        log_now = step % cfg.train.log_every == 0 or step == total
+        validate_now = step % cfg.train.val_every == 0 and not finished
+        save_now = step % cfg.train.ckpt_every == 0 or finished
+        keep_now = bool(cfg.train.keep_every) and step % cfg.train.keep_every == 0
+        if log_now or validate_now or save_now or keep_now:
+            guard.check(step, info, last_saved, hint)  # before anything of this state is written
+
+        if log_now:
+            values = reduce_mean({"loss": loss.detach(), **{k: v.detach() for k, v in losses.items()}}, info)
+            values = {k: float(v) for k, v in values.items()}
+            elapsed = time.monotonic() - window_start - paused
+            row = {"step": step, "lr": lr, **values, "images_per_s": window_images / max(elapsed, 1e-9)}
+            window_start, window_images, paused = time.monotonic(), 0, 0.0
+            if log is not None:
+                log.write(row)
+            bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{lr:.2e}")
+
+        if validate_now:
             val_started = time.monotonic()
             if info.is_main:
                 metrics = _run_validation(
@@ -362,9 +473,9 @@ def _train(cfg: Config, info: DistInfo, *, resume: str | Path | None, progress: 
                     checkpoint("best.ckpt", step)
             barrier(info)
             paused += time.monotonic() - val_started  # throughput excludes validation time
-        if (step % cfg.train.ckpt_every == 0 or finished) and info.is_main:
+        if save_now and info.is_main:
             checkpoint("last.ckpt", step)
-        if cfg.train.keep_every and step % cfg.train.keep_every == 0 and info.is_main:
+        if keep_now and info.is_main:
             checkpoint(f"step_{step:07d}.ckpt", step)
         if out_of_time and step < total:
             stopped_early = True
@@ -399,9 +510,15 @@ def load_trained_model(
     from weakseg.config import config_from_dict
 
     ckpt = load_checkpoint(path, map_location="cpu")
+    bad = first_nonfinite(ckpt["model"])
+    if bad is not None:
+        raise NonFiniteWeightsError(
+            f"checkpoint {path} holds NaN/inf weights (e.g. {bad!r}): it was written after training "
+            "diverged; use an earlier checkpoint, or train again with a lower optim.lr or optim.grad_clip=1.0"
+        )
     cfg = config_from_dict(ckpt["config"])
     model = build_model(cfg, len(ckpt["classes"]), background=ckpt.get("background", 0), pretrained=False)
-    model.load_state_dict(ckpt["model"])
+    load_state(model, ckpt["model"], path, "model")
     model.to(device).eval()
     meta = {k: ckpt.get(k) for k in ("classes", "ignore_index", "background", "step", "image_mode")}
     return model, cfg, meta
