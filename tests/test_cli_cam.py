@@ -69,9 +69,10 @@ def test_cam_evaluate_reports_the_best_threshold(cams):
     proc = weakseg(
         "cam", "evaluate", "cams", "--data", "syn", "--split", "train", "--out", "seeds", "--quiet", cwd=cams
     )
-    assert "seed mIoU" in proc.stdout
+    assert "seed mIoU" in proc.stdout and "oracle best" in proc.stdout and "threshold 0.15" in proc.stdout
     report = json.loads((cams / "seeds" / "seeds.json").read_text())
     assert len(report["mIoU"]) == 20 and report["best_threshold"] in report["thresholds"]
+    assert report["rule"] == "irn" and report["fixed_threshold"] == 0.15 and report["weights"] == {"cam": 1.0}
     assert set(report["per_class_IoU"]) == {"background", "disc", "square", "triangle"}
     assert (cams / "seeds" / "seed_mIoU_vs_threshold.png").is_file()
 
@@ -112,6 +113,14 @@ def test_errors_and_help(cams):
     assert proc.returncode == 2 and "cams.json" in proc.stderr
     proc = weakseg("pseudo-labels", "cams", "--out", "x", "--weights", "cam_proto=1", cwd=cams, ok=False)
     assert proc.returncode == 2 and "cam_proto" in proc.stderr
+    # SFC's rules need maps with their own background: a cam checkpoint has none
+    for args in (
+        ["pseudo-labels", "cams", "--out", "x", "--rule", "sfc"],
+        ["cam", "evaluate", "cams", "--rule", "sfc"],
+        ["cam", "run/last.ckpt", "--out", "cams_sfc", "--scales", "1", "--rule", "sfc", "--quiet"],
+    ):
+        proc = weakseg(*args, cwd=cams, ok=False)
+        assert proc.returncode == 2 and "own background" in proc.stderr, args
     for args in (
         ["cam", "--help"],
         ["cam", "make", "--help"],

@@ -43,7 +43,7 @@ def _device(name: str | None) -> str:
 
 
 def _parse_weights(items: list[str] | None) -> dict[str, float] | None:
-    """``["cam=1", "cam_proto=0.7"]`` -> ``{"cam": 1.0, "cam_proto": 0.7}``."""
+    """``["M_W=1", "M_P=0.7"]`` -> ``{"M_W": 1.0, "M_P": 0.7}``."""
     if not items:
         return None
     out = {}
@@ -54,7 +54,7 @@ def _parse_weights(items: list[str] | None) -> dict[str, float] | None:
         except ValueError:
             sep = ""
         if not sep or not key.strip():
-            raise DataError(f"--weights entry {item!r}: expected CAM_KEY=WEIGHT, e.g. cam_proto=0.7")
+            raise DataError(f"--weights entry {item!r}: expected CAM_KEY=WEIGHT, e.g. M_P=0.7")
     return out
 
 
@@ -71,6 +71,11 @@ def _open_dataset(root: str, split: str, fmt: str, load_masks: bool = True) -> A
     return FolderDataset(
         root, split, load_masks=load_masks, load_scribbles=False, load_pseudo=False, tags_source="none"
     )
+
+
+def _rule_of(args: argparse.Namespace, meta: dict[str, Any]) -> str:
+    """``--rule``, else the CAM folder's default (``weakseg cam --rule``), else "irn"."""
+    return args.rule or meta.get("rule") or "irn"
 
 
 def _dataset_of(args: argparse.Namespace, meta: dict[str, Any], load_masks: bool = True) -> Any:
@@ -116,16 +121,25 @@ def make_cams(
     overwrite: bool = False,
     device: str | None = None,
     progress: bool = True,
+    rule: str = "irn",
 ) -> tuple[Path, Any]:
     """``weakseg cam`` as a function: the CAMs of a split of the checkpoint's dataset (``data_root``
-    and dotted ``overrides`` change its config) in ``out``. Returns ``(out, dataset)``."""
+    and dotted ``overrides`` change its config) in ``out``. Returns ``(out, dataset)``.
+
+    Maps with a background channel of their own (SFC's ``M_W``, ``M_P``) are stored with it. ``rule``
+    ("irn" or "sfc") becomes the folder's default rule for ``cam evaluate`` and ``pseudo-labels``;
+    "sfc" needs those own backgrounds (an ``sfc`` checkpoint) on a dataset with a background class.
+    """
     import torch
 
     from weakseg.builders import build_dataset
     from weakseg.cam.inference import infer_cams
+    from weakseg.cam.seeds import RULES
     from weakseg.cli import _with_overrides
     from weakseg.engine.trainer import load_trained_model
 
+    if rule not in RULES:
+        raise DataError(f"unknown rule {rule!r}; expected one of {', '.join(RULES)}")
     device = _device(device)
     model, cfg, meta = load_trained_model(checkpoint, device)
     overrides = list(overrides)
@@ -159,6 +173,7 @@ def make_cams(
             "classes": list(dataset.classes),
             "background": dataset.background,
             "weights": dict(cam_weights) if cam_weights else None,
+            "rule": rule,
             "checkpoint": str(Path(checkpoint).resolve()),
             "method": method_spec.get("name"),
             "step": meta.get("step"),
@@ -170,6 +185,15 @@ def make_cams(
             },
         },
     )
+    if rule == "sfc" and dataset.background is not None:
+        from weakseg.cam.store import load_cam_meta
+
+        if not load_cam_meta(out).get("backgrounds"):
+            raise DataError(
+                f"rule 'sfc' needs maps with their own background channel (SFC's M_W, M_P), but the "
+                f"'{method_spec.get('name')}' checkpoint gives none; its CAMs in {out} can be scored with "
+                "rule 'irn'"
+            )
     return Path(out), dataset
 
 
@@ -189,32 +213,39 @@ def cmd_cam(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         device=args.device,
         progress=not args.quiet,
+        rule=args.rule,
     )
     print(f"CAMs of {len(dataset)} images ({dataset.root}, split '{dataset.split}') in {out}")
     return 0
 
 
 def cmd_cam_evaluate(args: argparse.Namespace) -> int:
-    from weakseg.cam.seeds import DEFAULT_THRESHOLDS, evaluate_seeds, write_seed_report
+    from weakseg.cam.seeds import evaluate_seeds, write_seed_report
     from weakseg.cam.store import load_cam_meta
 
     meta = load_cam_meta(args.cam_dir)
     dataset = _dataset_of(args, meta)
+    rule = _rule_of(args, meta)
     result = evaluate_seeds(
         args.cam_dir,
         dataset,
+        rule=rule,
         weights=_parse_weights(args.weights),
-        thresholds=args.thresholds or DEFAULT_THRESHOLDS,
+        thresholds=args.thresholds,
+        fixed_threshold=args.fixed_threshold,
         num_workers=args.num_workers,
         device=_device(args.device),
         progress=not args.quiet,
     )
-    out = Path(args.out) if args.out else Path(args.cam_dir) / f"seeds_{dataset.split}"
+    out = Path(args.out) if args.out else Path(args.cam_dir) / f"seeds_{dataset.split}_{rule}"
     write_seed_report(result, out)
     kind = result["threshold_kind"]
     print(
-        f"seed mIoU {100 * result['best_mIoU']:.2f} at {kind} threshold {result['best_threshold']:g} "
-        f"({result['num_images']} images, weights {result['weights']})\nreport: {out}"
+        f"rule {rule}: {result['rule_description']}\n"
+        f"seed mIoU {100 * result['fixed_mIoU']:.2f} at the rule's {kind} threshold "
+        f"{result['fixed_threshold']:g}; oracle best {100 * result['best_mIoU']:.2f} at "
+        f"{result['best_threshold']:g} (threshold chosen on these masks)\n"
+        f"{result['num_images']} images, weights {result['weights']}\nreport: {out}"
     )
     return 0
 
@@ -236,6 +267,8 @@ def cmd_pseudo_labels(args: argparse.Namespace) -> int:
         uncertain_threshold=args.uncertain_threshold,
         crf=args.crf,
         crf_params=CRFParams.pseudo_label(**crf_overrides),
+        rule=_rule_of(args, meta),
+        bg_scale=args.bg_scale,
     )
     summary = make_pseudo_labels(
         args.cam_dir,
@@ -248,7 +281,10 @@ def cmd_pseudo_labels(args: argparse.Namespace) -> int:
         num_workers=args.num_workers,
         progress=not args.quiet,
     )
-    line = f"pseudo-labels of {summary['num_images']} images in {args.out} (train with data.root={args.out})"
+    line = (
+        f"pseudo-labels of {summary['num_images']} images in {args.out} (rule {summary['rule']}, weights "
+        f"{summary['weights']}; train with data.root={args.out})"
+    )
     quality = summary.get("quality")
     if quality:
         line += (
@@ -273,12 +309,21 @@ def _add_dataset_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--split", default=None, help="split (default: the CAMs')")
     p.add_argument(
+        "--rule",
+        choices=["irn", "sfc"],
+        default=None,
+        help="irn: constant background score (IRN; the same for every method) | sfc: the maps' own "
+        "background, +0.4 / foreground x2 (SFC's make_cam; cam2ir halves the background for the "
+        "confident-background map). Default: the CAM folder's (`weakseg cam --rule`), else irn",
+    )
+    p.add_argument(
         "--weights",
         nargs="+",
         default=None,
         metavar="KEY=W",
-        help="CAM-type weights of the combined map, e.g. cam=1 cam_proto=0.7 "
-        "(default: cams.json's, else 1 each); thresholds apply to the weighted mean",
+        help="CAM-type weights of the combined map, e.g. M_W=1 M_P=0.7 (SFC's maps) or cam=1 (the raw "
+        "classifier CAM); default per rule: irn cam=1, sfc M_W=1 M_P=1 for seeds and M_W=1 M_P=0.7 for "
+        "pseudo-labels (each when the folder holds them, else 1 each); thresholds apply to the weighted mean",
     )
     p.add_argument("--num-workers", type=int, default=0, help="data-loading processes")
     p.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda when available)")
@@ -322,6 +367,14 @@ def add_cam_parsers(sub: argparse._SubParsersAction) -> None:
         "--amp", choices=["none", "bf16"], default="none", help="run the network under bf16 autocast"
     )
     p.add_argument("--overwrite", action="store_true", help="recompute images whose CAM file exists")
+    p.add_argument(
+        "--rule",
+        choices=["irn", "sfc"],
+        default="irn",
+        help="the folder's default rule for `cam evaluate` and `pseudo-labels`; sfc (SFC's make_cam / "
+        "cam2ir: the maps' own background +0.4, foreground x2) needs an sfc checkpoint, whose M_W and M_P "
+        "are stored with their own background channel",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda when available)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_cam)
@@ -329,24 +382,39 @@ def add_cam_parsers(sub: argparse._SubParsersAction) -> None:
     p = csub.add_parser(
         "evaluate",
         help="seed mIoU against the masks over a sweep of background thresholds",
-        description="Sweep the background threshold (datasets with a background class) or the "
-        "uncertainty threshold (datasets without one, where unlabelled pixels count as misses) of the "
-        "CAM seeds; writes seeds.json (mIoU per threshold, best threshold, per-class IoU) and plots.",
+        description="Seed mIoU under a rule (--rule irn: constant background score t, reported at IRN's "
+        "fixed 0.15 and at the oracle best t chosen on these masks; --rule sfc: SFC's make_cam/eval_cam "
+        "biases on the maps' own background, t = an extra background offset, 0 = SFC's rule). Without "
+        "a background class t is an uncertainty threshold (unlabelled pixels count as misses; fixed "
+        "entry 0 = plain arg-max). Writes seeds.json (mIoU per threshold, fixed and oracle entries, "
+        "per-class IoU) and plots.",
     )
     p.add_argument("cam_dir", help="a folder written by `weakseg cam`")
     _add_dataset_options(p)
     p.add_argument(
-        "--thresholds", type=float, nargs="+", default=None, help="thresholds (default 0, 0.05, ..., 0.95)"
+        "--thresholds",
+        type=float,
+        nargs="+",
+        default=None,
+        help="thresholds (default: irn 0, 0.05, ..., 0.95; sfc 0)",
     )
-    p.add_argument("--out", default=None, help="report folder (default: CAM_DIR/seeds_<split>)")
+    p.add_argument(
+        "--fixed-threshold",
+        type=float,
+        default=None,
+        help="the rule's own entry (default: irn 0.15 with a background class, else 0)",
+    )
+    p.add_argument("--out", default=None, help="report folder (default: CAM_DIR/seeds_<split>_<rule>)")
     p.set_defaults(func=cmd_cam_evaluate)
 
     p = sub.add_parser(
         "pseudo-labels",
         help="pseudo-label PNGs from CAMs (IR-label rule + dense CRF) as a trainable dataset",
-        description="SFC/IRN IR labels: confident foreground (background score --fg-threshold) and "
-        "confident background (--bg-threshold), each refined by a dense CRF, ignore (255) where they "
-        "disagree; without a background class, pixels no tagged class scores above "
+        description="IR labels: confident foreground and confident background maps, each refined by a "
+        "dense CRF, ignore (255) where they disagree. --rule irn (IRN): constant background scores "
+        "--fg-threshold / --bg-threshold; --rule sfc (SFC's cam2ir): the maps' own background +0.4 "
+        "beside the doubled foreground, then x --bg-scale; without a background class, pixels no tagged "
+        "class scores above "
         "--uncertain-threshold are ignored. Writes OUT/pseudo/{id}.png and a dataset.json pointing at "
         "the source images: train `full` with data.root=OUT method.label=pseudo, or a scribble method "
         "with data.pseudo_dir=OUT/pseudo.",
@@ -355,10 +423,16 @@ def add_cam_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output dataset folder")
     _add_dataset_options(p)
     p.add_argument(
-        "--fg-threshold", type=float, default=0.30, help="background score of the confident-fg map"
+        "--fg-threshold", type=float, default=0.30, help="rule irn: background score of the confident-fg map"
     )
     p.add_argument(
-        "--bg-threshold", type=float, default=0.05, help="background score of the confident-bg map"
+        "--bg-threshold", type=float, default=0.05, help="rule irn: background score of the confident-bg map"
+    )
+    p.add_argument(
+        "--bg-scale",
+        type=float,
+        default=0.5,
+        help="rule sfc: the own background x this for the confident-background map (cam2ir's 0.5)",
     )
     p.add_argument(
         "--uncertain-threshold",

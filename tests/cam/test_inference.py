@@ -197,14 +197,14 @@ def test_infer_cams_resumes_and_checks_channels(tmp_path):
         infer_cams(StridedToy().eval(), data, tmp_path / "x", num_classes=4, background=None, progress=False)
 
 
-def test_maps_function_gets_tags_and_background_channel_is_dropped():
+def test_maps_function_gets_tags_and_own_background_is_kept_apart():
     """A method-style maps function over all K classes (background channel first) that needs tags."""
     seen = []
 
     def maps_fn(outputs, tags):
         seen.append(tags.clone())
         cam = torch.relu(outputs["cam"])  # [B', 3, h, w] foreground maps
-        bg = torch.full_like(cam[:, :1], 99.0)  # must be dropped
+        bg = torch.full_like(cam[:, :1], 99.0)  # the maps' own background
         return {"M_W": torch.cat([bg, cam], 1), "M_P": torch.cat([bg, cam * tags[:, 1:, None, None]], 1)}
 
     torch.manual_seed(0)
@@ -214,11 +214,54 @@ def test_maps_function_gets_tags_and_background_channel_is_dropped():
     got = multiscale_cams(
         model, images, scales=(1.0, 0.5), flip=True, maps_fn=maps_fn, tags=tags, foreground=[1, 2, 3]
     )
-    assert list(got) == ["M_W", "M_P"] and got["M_W"].shape == (2, 3, 8, 8)
+    assert list(got) == ["M_W", "M_W@background", "M_P", "M_P@background"]
+    assert got["M_W"].shape == (2, 3, 8, 8) and got["M_P@background"].shape == (2, 1, 8, 8)
+    # the constant background, summed over 2 scales x (image + mirror)
+    assert torch.allclose(got["M_W@background"], torch.full((2, 1, 8, 8), 4 * 99.0))
     assert torch.equal(seen[0], torch.cat([tags, tags]))  # the mirrored half gets the same tags
     assert torch.allclose(got["M_W"], _reference(model, images, (1.0, 0.5), True), atol=1e-5)
     assert torch.allclose(got["M_P"], got["M_W"] * tags[:, 1:, None, None])
     only = multiscale_cams(
         model, images, scales=(1.0,), maps_fn=maps_fn, tags=tags, foreground=[1, 2, 3], keys=["M_P"]
     )
-    assert list(only) == ["M_P"]
+    assert list(only) == ["M_P", "M_P@background"]
+
+
+def test_own_backgrounds_are_stored_and_format_1_is_read(tmp_path):
+    data = ToyDataset()
+
+    def maps_fn(outputs, tags):
+        cam = torch.relu(outputs["cam"])
+        # background channel first: 1 - the normalised peak, as SFC's M_W (before its PCM)
+        peak = (cam / (cam.amax((2, 3), keepdim=True) + 1e-5)).amax(1, keepdim=True)
+        return {"cam": cam, "M_W": torch.cat([1.0 - peak, cam], 1)}
+
+    model = StridedToy().eval()
+    out = infer_cams(
+        model, data, tmp_path / "cams", num_classes=4, background=0, maps_fn=maps_fn, progress=False
+    )
+    meta = load_cam_meta(out)
+    assert meta["cam_keys"] == ["cam", "M_W"] and meta["backgrounds"] == ["M_W"]
+    sample = data.samples[0]
+    got = multiscale_cams(
+        model, sample["image"][None], maps_fn=maps_fn, tags=sample["tags"][None], foreground=[1, 2, 3]
+    )
+    rec = load_cams(cam_file(out, "i0"))
+    assert set(rec.backgrounds) == {"M_W"} and rec.backgrounds["M_W"].shape == rec.size
+    want = got["M_W@background"][0, 0] / (got["M_W@background"][0, 0].max() + 1e-5)
+    assert np.allclose(rec.backgrounds["M_W"], want.numpy(), atol=2e-3)
+    assert rec.keys.tolist() == [1, 3] and rec.cams["M_W"].shape == (2, *rec.size)
+    # a resumed run with nothing left to do still lists the stored backgrounds
+    infer_cams(model, data, out, num_classes=4, background=0, maps_fn=maps_fn, progress=False)
+    assert load_cam_meta(out)["backgrounds"] == ["M_W"]
+    # format 1 folders (no backgrounds) stay readable
+    meta_v1 = {**meta, "format_version": 1}
+    meta_v1.pop("backgrounds")
+    (out / "cams.json").write_text(json.dumps(meta_v1))
+    assert load_cam_meta(out)["cam_keys"] == ["cam", "M_W"]
+    with pytest.raises(ValueError, match="no CAM"):
+        save_cams(
+            tmp_path / "x.npz", [1], {"cam": np.zeros((1, 2, 2))}, backgrounds={"M_P": np.zeros((2, 2))}
+        )
+    with pytest.raises(ValueError, match="reserved"):
+        save_cams(tmp_path / "x.npz", [1], {"cam@background": np.zeros((1, 2, 2))})

@@ -36,6 +36,36 @@ def test_no_background_rule_marks_uncertain():
     assert got.tolist() == [[[0, 0, 0, 3, 255, 255, 3]]]
 
 
+def _cam2ir_reference(fg: np.ndarray, bg: np.ndarray, keys: list[int]) -> np.ndarray:
+    """SFC's cam2ir.py without the CRF: arg-max over [bg, fg...] then with the background halved."""
+    cams = np.concatenate([bg[None], fg])
+    full_keys = np.array([0, *keys])
+    fg_conf = full_keys[np.argmax(cams, axis=0)]
+    cams = cams.copy()
+    cams[0] *= 0.5
+    bg_conf = full_keys[np.argmax(cams, axis=0)]
+    conf = fg_conf.copy()
+    conf[fg_conf == 0] = 255
+    conf[bg_conf + fg_conf == 0] = 0
+    return conf
+
+
+def test_sfc_rule_follows_cam2ir():
+    # biased scores as make_cam leaves them: foreground 2 M, background B + 0.4
+    fg = torch.tensor([[[1.8, 0.9, 0.7, 0.2, 0.1, 1.2]], [[0.2, 0.1, 0.5, 0.3, 0.0, 1.3]]])
+    bg = torch.tensor([[0.5, 1.2, 1.0, 1.1, 0.45, 0.5]])
+    images = torch.zeros(1, 3, 1, 6, dtype=torch.uint8)
+    got = ir_labels([fg], [[1, 2]], images, background=0, params=replace(NO_CRF, rule="sfc"), bg_scores=[bg])
+    want = _cam2ir_reference(fg.numpy(), bg.numpy(), [1, 2])
+    # fg map (1, bg, bg, bg, bg, 2); halved background (1, 1, 2, bg, bg, 2): ignore where they disagree
+    assert want.tolist() == [[1, 255, 255, 0, 0, 2]]
+    assert got[0].tolist() == want.tolist()
+    with pytest.raises(ValueError, match="bg_scores"):
+        ir_labels([fg], [[1, 2]], images, background=0, params=NO_CRF, bg_scores=[bg])
+    with pytest.raises(ValueError, match="rule"):
+        PseudoLabelParams(rule="sipe")
+
+
 def test_image_without_tags_is_background_or_uncertain():
     images = torch.zeros(1, 3, 2, 2, dtype=torch.uint8)
     empty = torch.zeros(0, 2, 2)

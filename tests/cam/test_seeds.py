@@ -10,13 +10,15 @@ import torch
 
 from weakseg.cam.seeds import (
     SeedSweep,
+    choose_weights,
     combine_cams,
     evaluate_seeds,
     resolve_weights,
     seed_labels,
+    sfc_scores,
     write_seed_report,
 )
-from weakseg.cam.store import cam_file, save_cams, write_cam_meta
+from weakseg.cam.store import CamRecord, cam_file, save_cams, write_cam_meta
 from weakseg.data import FolderDataset, write_dataset_json, write_split
 from weakseg.io import DataError, atomic_save_image, atomic_save_label_png
 from weakseg.metrics import ConfusionMatrix
@@ -154,8 +156,87 @@ def test_evaluate_seeds_on_a_cam_folder(tmp_path):
     written = write_seed_report(res, tmp_path / "report")
     assert all(p.is_file() for p in written.values())
     saved = json.loads((tmp_path / "report" / "seeds.json").read_text())
-    assert saved["best_threshold"] == 0.35 and len(saved["mIoU"]) == 3
+    assert saved["best_threshold"] == 0.35 and saved["thresholds"] == [0.1, 0.15, 0.35, 0.5]
+    # IRN's fixed 0.15 is added to the sweep and reported apart from the oracle best: pixel 4 of s0
+    # (b at 0.4 x 3/4 = 0.3 > 0.15, gt b) stays right, pixel 5 (b at 0.0375) is background; s1 is right.
+    # At 0.15 pixel 2 (b 0.225, gt bg) is wrong: IoU bg 3/4 (3 of 4), a 1, b 2/3.
+    assert res["fixed_threshold"] == 0.15 and res["rule"] == "irn"
+    assert res["fixed_mIoU"] == pytest.approx((0.75 + 1 + 2 / 3) / 3)
+    assert res["fixed_per_class_IoU"]["b"] == pytest.approx(2 / 3) and "oracle" in res
 
     write_cam_meta(cams_dir, {"classes": classes, "background": None, "cam_keys": ["cam"]})
     with pytest.raises(DataError, match="background"):
         evaluate_seeds(cams_dir, data, progress=False)
+
+
+def test_rule_weights_default_to_the_raw_cam_and_to_sfc_combinations():
+    meta = {"cam_keys": ["cam", "M_W", "M_P"]}
+    assert choose_weights(meta, "irn") == {"cam": 1.0}
+    assert choose_weights(meta, "sfc") == {"M_W": 1.0, "M_P": 1.0}  # the paper's seeds
+    assert choose_weights(meta, "sfc", purpose="pseudo") == {"M_W": 1.0, "M_P": 0.7}  # cam2ir.py
+    assert choose_weights(meta, "irn", {"M_P": 2.0}) == {"M_P": 2.0}
+    assert choose_weights({"cam_keys": ["M_W", "M_P"]}, "irn") == {"M_W": 1.0, "M_P": 1.0}  # older folders
+    with pytest.raises(ValueError, match="rule"):
+        choose_weights(meta, "sipe")
+
+
+# SFC's rule on one image: foreground class 1 only; maps M_W and M_P with their own backgrounds.
+SFC_FG = {"M_W": np.array([[[1.0, 0.5, 0.1, 0.3]]]), "M_P": np.array([[[0.8, 0.2, 0.3, 0.1]]])}
+SFC_BG = {"M_W": np.array([[0.0, 0.3, 1.0, 0.5]]), "M_P": np.array([[0.1, 0.9, 0.6, 0.2]])}
+
+
+def test_sfc_scores_follow_make_cam():
+    record = CamRecord(keys=np.array([1]), cams=SFC_FG, backgrounds=SFC_BG)
+    fg, bg = sfc_scores(record, {"M_W": 1.0, "M_P": 1.0})
+    # make_cam: background + 0.4, foreground x 2, per type; the types are then added (here: averaged)
+    ref_fg = (2 * SFC_FG["M_W"] + 2 * SFC_FG["M_P"]) / 2
+    ref_bg = ((SFC_BG["M_W"] + 0.4) + (SFC_BG["M_P"] + 0.4)) / 2
+    assert torch.allclose(fg, torch.tensor(ref_fg, dtype=torch.float32))
+    assert torch.allclose(bg, torch.tensor(ref_bg, dtype=torch.float32))
+    with pytest.raises(DataError, match="own background"):
+        sfc_scores(CamRecord(keys=np.array([1]), cams={"cam": SFC_FG["M_W"]}), {"cam": 1.0})
+
+
+def test_evaluate_seeds_by_sfc_rule(tmp_path):
+    classes = ["background", "a"]
+    gt = np.array([[1, 0, 0, 1]], np.uint8)
+    data = _folder_dataset(tmp_path / "data", classes, [gt])
+    cams_dir = tmp_path / "cams"
+    save_cams(
+        cam_file(cams_dir, "s0"),
+        [1],
+        {"cam": np.array([[[1.0, 0.1, 0.1, 0.2]]]), **SFC_FG},
+        backgrounds=SFC_BG,
+    )
+    meta = {"classes": classes, "background": 0, "cam_keys": ["cam", "M_W", "M_P"]}
+    write_cam_meta(cams_dir, {**meta, "backgrounds": ["M_W", "M_P"]})
+    res = evaluate_seeds(cams_dir, data, rule="sfc", progress=False)
+    # M_W + M_P: fg 2 x mean = (1.8, 0.7, 0.4, 0.4), bg mean + 0.4 = (0.45, 1.0, 1.2, 0.75):
+    # seeds (a, bg, bg, bg) against gt (a, bg, bg, a): IoU bg 2/3, a 1/2.
+    assert res["rule"] == "sfc" and res["weights"] == {"M_W": 1.0, "M_P": 1.0}
+    assert res["thresholds"] == [0.0] and res["fixed_threshold"] == 0.0
+    assert res["fixed_mIoU"] == pytest.approx((2 / 3 + 1 / 2) / 2)
+    # M_P alone (eval_cam.py): fg (1.6, 0.4, 0.6, 0.2), bg (0.5, 1.3, 1.0, 0.6): (a, bg, bg, bg) again
+    only_p = evaluate_seeds(cams_dir, data, rule="sfc", weights={"M_P": 1.0}, progress=False)
+    assert only_p["fixed_mIoU"] == pytest.approx((2 / 3 + 1 / 2) / 2)
+    # t = an extra background offset: margins fg - bg = (1.35, -0.3, -0.8, -0.35); at t = -0.32 pixel 2
+    # turns a: seeds (a, a, bg, bg), IoU a 1/3, bg 1/3
+    shifted = evaluate_seeds(cams_dir, data, rule="sfc", thresholds=[-0.32, 0.0], progress=False)
+    assert shifted["mIoU"] == pytest.approx([1 / 3, (2 / 3 + 1 / 2) / 2]) and shifted["best_threshold"] == 0.0
+    # the raw CAM has no background of its own: rule irn only
+    with pytest.raises(DataError, match="own background"):
+        evaluate_seeds(cams_dir, data, rule="sfc", weights={"cam": 1.0}, progress=False)
+    irn = evaluate_seeds(cams_dir, data, progress=False)  # default: the raw CAM at IRN's 0.15
+    assert irn["weights"] == {"cam": 1.0} and irn["fixed_mIoU"] == pytest.approx(1.0)
+
+
+def test_sfc_rule_without_background_is_the_plain_argmax(tmp_path):
+    classes = ["a", "b"]
+    data = _folder_dataset(tmp_path / "data", classes, [np.array([[0, 1, 1]], np.uint8)])
+    cams_dir = tmp_path / "cams"
+    save_cams(cam_file(cams_dir, "s0"), [0, 1], {"M_W": np.array([[[0.9, 0.2, 0.0]], [[0.1, 0.6, 0.0]]])})
+    write_cam_meta(cams_dir, {"classes": classes, "background": None, "cam_keys": ["M_W"]})
+    res = evaluate_seeds(cams_dir, data, rule="sfc", progress=False)
+    # arg-max (a, b, -): the last pixel scores 0 for both, so it is unlabelled (a miss): IoU a 1, b 1/2
+    assert res["fixed_threshold"] == 0.0 and res["threshold_kind"] == "uncertainty"
+    assert res["fixed_mIoU"] == pytest.approx(0.75) and res["fixed_coverage"] == pytest.approx(2 / 3)

@@ -4,6 +4,7 @@ reference step, gradient paths, validation and short training runs."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -266,12 +267,20 @@ def test_cam_method_term_and_maps(model: CAMClassifier) -> None:
     outputs = method.run_model(model.eval(), batch)
     expected = F.multilabel_soft_margin_loss(outputs["cls_logits"], batch["tags"][:, 1:])
     assert method(outputs, batch)["cls"].item() == pytest.approx(expected.item(), rel=1e-6)
-    maps = method.class_maps(outputs)["cam"]
-    assert maps.shape == (3, 4, 4, 4) and torch.equal(maps[:, 0], torch.zeros(3, 4, 4))
+    maps = method.class_maps(outputs)["cam"]  # the foreground classes only: no background of its own
+    assert maps.shape == (3, 3, 4, 4) and torch.equal(maps, F.relu(outputs["cam"]))
     sfc = build_method({"name": "sfc", "side_channels": SIDE}, num_classes=4)
     sfc_maps = sfc.class_maps(outputs, batch["tags"])
-    assert set(sfc_maps) == {"M_W", "M_P"} and all(m.shape == (3, 4, 4, 4) for m in sfc_maps.values())
+    assert list(sfc_maps) == ["cam", "M_W", "M_P"] and torch.equal(sfc_maps["cam"], maps)  # same raw CAM
+    assert all(sfc_maps[k].shape == (3, 4, 4, 4) for k in ("M_W", "M_P"))  # with their own background
     assert torch.equal(sfc_maps["M_P"][0, 2], torch.zeros(4, 4))  # class 2 is not tagged in image 0
+    # validation: both methods score the raw CAM by the same rule
+    size = (8, 8)
+    assert torch.equal(
+        method.seed_scores(outputs, batch["tags"], size)["cam"],
+        sfc.seed_scores(outputs, batch["tags"], size)["cam"],
+    )
+    assert list(sfc.seed_scores(outputs, batch["tags"], size)) == ["M_W+M_P", "M_W", "M_P", "cam"]
 
 
 def test_sfc_seed_scores_follow_the_reference_inference() -> None:
@@ -284,6 +293,78 @@ def test_sfc_seed_scores_follow_the_reference_inference() -> None:
     assert scores.argmax(1).tolist() == [[[1, 0]]]
     no_bg = sfc_seed_scores(maps[:, 1:], torch.tensor([[1.0, 1.0]]), background=None)
     assert torch.allclose(no_bg, torch.tensor([[[[2.0, 1.0]], [[2.0, 2.0]]]]), atol=1e-4)
+
+
+def test_collapse_statistics_by_hand() -> None:
+    method = build_method({"name": "sfc", "side_channels": SIDE}, num_classes=4)
+    # 3 images on a 2x2 grid (background channel 0); the third is a bank sample and is left out
+    seeds = torch.zeros(3, 4, 2, 2)
+    seeds[0, 0, 0, :] = 1.0  # image 0: 2 background seeds
+    seeds[0, 1, 1, :] = 1.0
+    seeds[1, 2] = 1.0  # image 1: no background seed -> an empty background prototype
+    seeds[2, 0] = 1.0
+    region = torch.ones(3, 4, 2, 2)
+    region[0, :, 1, 1] = 0.0  # image 0: 3 valid pixels
+    stats = method.seed_statistics(seeds, region, num_images=2)
+    assert stats["sfc/empty_bg_prototype"].item() == pytest.approx(0.5)
+    assert stats["sfc/bg_seed_share"].item() == pytest.approx(2 / 7)  # 2 of 3 + 4 valid pixels
+    no_bg = build_method({"name": "sfc", "side_channels": SIDE}, num_classes=4, background=None)
+    assert no_bg.seed_statistics(seeds, region, 2) == {}
+
+
+def test_forward_records_the_statistics_of_the_batch_images(model: CAMClassifier) -> None:
+    method = build_method({"name": "sfc", "side_channels": SIDE}, num_classes=4).train()
+    method.set_class_weights(torch.ones(3))
+    assert method.log_values() == {} and method.training_statistics() == {}
+    batch = method.prepare_batch(_batch())
+    outputs = method.run_model(model.eval(), batch)
+    method.set_progress(4, 10)
+    method(outputs, batch)
+    values = method.log_values()
+    assert set(values) == {"sfc/empty_bg_prototype", "sfc/bg_seed_share"}
+    assert all(v.ndim == 0 and not v.requires_grad for v in values.values())
+    # the same numbers from the seeds of the three batch images (the four bank samples left out)
+    region = method._region(
+        method.channel_labels(batch["tags"]), batch["valid"], tuple(outputs["cam"].shape[-2:])
+    )
+    seeds = method.seeds(method.classifier_cam(outputs, region), region)
+    bg = seeds[:3, 0].flatten(1)
+    assert values["sfc/bg_seed_share"].item() == pytest.approx(
+        (bg.sum() / region[:3, 0].sum()).item(), rel=1e-6
+    )
+    assert values["sfc/empty_bg_prototype"].item() == pytest.approx((bg.sum(1) == 0).float().mean().item())
+    history = method.training_statistics()
+    assert history["step"] == [5] and history["bg_seed_share"][0] == pytest.approx(
+        values["sfc/bg_seed_share"].item()
+    )
+
+
+class _NamedTags(_TagTable):
+    classes = ["background", "road", "car", "person"]
+
+
+def test_image_level_methods_warn_about_constant_tags() -> None:
+    # road in all 20 images, car in 19 (95 %, not more), person in 5
+    tags = [[1, 1, int(i != 0), int(i < 5)] for i in range(20)]
+    for name in ("cam", "sfc", "aal"):
+        method = build_method({"name": name}, num_classes=4)
+        with pytest.warns(UserWarning, match=r"road \(100%\)") as caught:
+            info = method.fit_dataset(_NamedTags(tags), batch_size=2, progress=False)
+        assert info["dominant_tags"] == {"road": 1.0}, name
+        assert "car" not in str(caught[0].message) and name in str(caught[0].message)
+    varied = [[1, 1, 0, 0], [1, 0, 1, 0], [1, 0, 0, 1], [1, 1, 1, 0]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning when the tags vary
+        assert (
+            build_method({"name": "cam"}, num_classes=4).fit_dataset(
+                _NamedTags(varied), batch_size=2, progress=False
+            )["dominant_tags"]
+            == {}
+        )
+    # without a background class every class counts
+    no_bg = build_method({"name": "cam"}, num_classes=4, background=None)
+    with pytest.warns(UserWarning, match="background"):
+        no_bg.fit_dataset(_NamedTags(varied), batch_size=2, progress=False)
 
 
 # ---------------------------------------------------------------------------------------------- engine
@@ -302,7 +383,8 @@ def test_validate_scores_cam_seeds(tiny_data: Path, model: CAMClassifier) -> Non
     metrics = method.validate(model.train(), val, None, torch.device("cpu"))
     assert model.training  # mode restored
     assert set(metrics["per_class_IoU"]) == set(val.classes)
-    assert {"mIoU", "pixel_accuracy", "mIoU_M_W+M_P", "mIoU_M_W", "mIoU_M_P"} <= set(metrics)
+    assert {"mIoU", "pixel_accuracy", "mIoU_M_W+M_P", "mIoU_M_W", "mIoU_M_P", "mIoU_cam"} <= set(metrics)
+    assert "sfc_train_statistics" not in metrics  # nothing trained yet
     assert metrics["mIoU"] == metrics["mIoU_M_W+M_P"] and metrics["num_samples"] == 3
     masks = [read_label(val.label_path("mask", i)) for i in range(3)]
     assert int(np.sum(metrics["confusion_matrix"])) == sum(int((m != 255).sum()) for m in masks)
@@ -353,3 +435,46 @@ def test_three_training_steps_on_synthetic_data(
     assert [r["step"] for r in steps] == [1, 2, 3]
     assert all(terms <= set(r) and np.isfinite(r["loss"]) for r in steps)
     assert 0.0 <= result.metrics["mIoU"] <= 1.0
+    assert "mIoU_cam" in result.metrics  # the raw CAM by IRN's rule, for both methods
+    if method == "sfc":  # the collapse diagnostics of every step reach metrics.json
+        saved = json.loads((result.run_dir / "metrics.json").read_text())["sfc_train_statistics"]
+        assert saved["step"] == [1, 2, 3] and all(0 <= v <= 1 for v in saved["bg_seed_share"])
+
+
+@pytest.mark.slow
+def test_sfc_checkpoint_through_cams_seeds_and_pseudo_labels(tiny_data: Path, tmp_path: Path) -> None:
+    """The Python API of `weakseg cam --rule sfc`, `cam evaluate` (both rules), `pseudo-labels --rule sfc`."""
+    from weakseg.cam.pseudo_labels import PseudoLabelParams, make_pseudo_labels
+    from weakseg.cam.seeds import evaluate_seeds
+    from weakseg.cam.store import load_cam_meta, load_cams
+    from weakseg.cli_cam import make_cams
+
+    cfg = _config(
+        "sfc", tiny_data, tmp_path / "run", ("method.side_channels=[8,8,16,16]", "optim.grad_clip=1.0")
+    )
+    train(cfg, device="cpu", progress=False)
+    out, dataset = make_cams(
+        tmp_path / "run" / "last.ckpt",
+        tmp_path / "cams",
+        split="train",
+        scales=[1.0],
+        rule="sfc",
+        progress=False,
+    )
+    meta = load_cam_meta(out)
+    assert meta["rule"] == "sfc" and meta["cam_keys"] == ["cam", "M_W", "M_P"]
+    assert meta["backgrounds"] == ["M_W", "M_P"]
+    record = load_cams(out / f"{dataset.ids[0]}.npz")
+    assert set(record.backgrounds) == {"M_W", "M_P"} and record.backgrounds["M_W"].shape == record.size
+    train_set = FolderDataset(tiny_data, "train")
+    irn = evaluate_seeds(out, train_set, progress=False)
+    sfc = evaluate_seeds(out, train_set, rule="sfc", progress=False)
+    assert irn["weights"] == {"cam": 1.0} and irn["fixed_threshold"] == 0.15
+    assert sfc["weights"] == {"M_W": 1.0, "M_P": 1.0} and sfc["thresholds"] == [0.0]
+    assert 0.0 <= irn["fixed_mIoU"] <= irn["best_mIoU"] <= 1.0 and 0.0 <= sfc["fixed_mIoU"] <= 1.0
+    summary = make_pseudo_labels(
+        out, train_set, tmp_path / "pl", params=PseudoLabelParams(crf="none", rule="sfc"), progress=False
+    )
+    assert summary["rule"] == "sfc" and summary["weights"] == {"M_W": 1.0, "M_P": 0.7}
+    label = read_label(tmp_path / "pl" / "pseudo" / f"{dataset.ids[0]}.png")
+    assert set(np.unique(label)) <= {0, 1, 2, 3, 255}

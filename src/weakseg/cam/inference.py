@@ -4,9 +4,11 @@ Works for every image-level network. The maps of one forward pass come from a *m
 ``maps_fn(outputs, tags) -> {name: [B, C or K, h, w]}``: by default (:func:`output_maps`) the
 network's ``"cam"`` (raw class maps over the foreground classes, dataset class order, background
 left out) and any other 4-D ``"cam_*"`` output; the CLI passes the training method's
-``class_maps`` hook instead when it has one (``cam``: ``{"cam"}``; ``sfc``: ``{"M_W", "M_P"}``, the
-PCM-refined classifier CAM and the prototype CAM, which needs the image's tags). Maps over all K
-classes have their background channel dropped.
+``class_maps`` hook instead when it has one (``cam``: ``{"cam"}``; ``sfc``: ``{"cam", "M_W",
+"M_P"}``, the raw classifier CAM, the PCM-refined classifier CAM and the prototype CAM, which needs
+the image's tags). Maps over all K classes have a background channel of their own (SFC's
+``M_W`` = ``1 - max_c M_c`` refined by the PCM, ``M_P`` = similarity to the background prototype): it
+goes through the same steps and is kept under ``"<name>@background"`` (:data:`~weakseg.cam.store.BG_SUFFIX`).
 
 For each image and map (SFC §4 "CAM inference", as the SFC / IRN code computes it):
 
@@ -16,13 +18,15 @@ For each image and map (SFC §4 "CAM inference", as the SFC / IRN code computes 
    map is flipped back and added;
 3. each scale's map is upsampled bilinearly to the image size (H, W) and the scales are summed;
 4. every channel is divided by its spatial maximum (+1e-5), so maps lie in [0, 1];
-5. only the channels of the image's foreground tags are kept.
+5. only the channels of the image's foreground tags are kept (and the own background, if any).
 
 Reading chosen: the issue text lists "upsample, ReLU"; the SFC / IRN code applies the ReLU before
 upsampling (bilinear interpolation of a ReLU'd map stays ≥ 0, so no second ReLU is needed), and
-that order is used here. SFC's extra inference bias (background +0.4, foreground doubled) acts on
-its network's own background channel (``1 - max_c M_c``), which is not stored: background is
-decided later from a constant score (:mod:`weakseg.cam.seeds`, :mod:`weakseg.cam.pseudo_labels`).
+that order is used here. SFC's make_cam sums an image and its mirror inside the network (raw CAMs
+and features, before the normalisation and the PCM); here each of the two passes makes its own maps
+and the maps are summed, as for every other network. SFC's inference bias (background +0.4,
+foreground doubled) is not applied here: it is a rule of the later steps (``rule="sfc"`` in
+:mod:`weakseg.cam.seeds` and :mod:`weakseg.cam.pseudo_labels`), which read the stored backgrounds.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from weakseg.cam.store import cam_file, save_cams, write_cam_meta
+from weakseg.cam.store import BG_SUFFIX, cam_file, save_cams, write_cam_meta
 
 __all__ = [
     "DEFAULT_SCALES",
@@ -99,13 +103,18 @@ def output_maps(outputs: Mapping[str, Any], tags: torch.Tensor | None = None) ->
     return {name: torch.relu(outputs[name].float()) for name in find_cam_keys(outputs)}
 
 
-def _foreground_channels(maps: torch.Tensor, fg: Sequence[int] | None, name: str) -> torch.Tensor:
-    """``maps`` over the foreground classes: as given when it has ``len(fg)`` channels, the ``fg``
-    channels when it has one per class (K = len(fg) + 1)."""
+def _split_channels(
+    maps: torch.Tensor, fg: Sequence[int] | None, name: str
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``maps`` over the foreground classes ``[B, len(fg), h, w]`` and its own background ``[B, 1, h, w]``
+    (None when it has none): as given when it has ``len(fg)`` channels; with one channel per class
+    (K = len(fg) + 1) the ``fg`` channels and the remaining one, the background."""
     if fg is None or maps.shape[1] == len(fg):
-        return maps
+        return maps, None
     if maps.shape[1] == len(fg) + 1:
-        return maps.index_select(1, torch.as_tensor(list(fg), device=maps.device))
+        background = next(c for c in range(len(fg) + 1) if c not in set(fg))
+        fg_maps = maps.index_select(1, torch.as_tensor(list(fg), device=maps.device))
+        return fg_maps, maps[:, background : background + 1]
     raise ValueError(
         f"map {name!r} has {maps.shape[1]} channels; expected {len(fg)} (foreground classes) or "
         f"{len(fg) + 1} (all classes)"
@@ -144,11 +153,12 @@ def multiscale_cams(
             (default :func:`output_maps`); called with the tags repeated for the mirrored half.
         tags: ``[B, K]`` multi-hot tags, passed to ``maps_fn`` (SFC's prototypes need them).
         foreground: the foreground class indices; maps with one channel per class (K =
-            ``len(foreground) + 1``) are reduced to these channels.
+            ``len(foreground) + 1``) are reduced to these channels, and their remaining channel (their
+            own background) is returned under ``name + "@background"``.
         autocast_dtype: run the network under ``torch.autocast`` with this dtype; the sums stay float32.
 
     Returns:
-        name -> float32 ``[B, C, H, W]``, not yet normalised.
+        name -> float32 ``[B, C, H, W]`` (``[B, 1, H, W]`` for backgrounds), not yet normalised.
     """
     if images.ndim != 4:
         raise ValueError(f"images must be [B, 3, H, W], got shape {tuple(images.shape)}")
@@ -167,13 +177,19 @@ def multiscale_cams(
             with torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 outputs = model(x)
             maps = maps_fn(outputs, pass_tags)
-            keys = find_cam_keys(maps, keys) if keys else list(maps)  # every scale gives the same maps
+            if keys:  # backgrounds come with their map
+                keys = find_cam_keys(maps, [k for k in keys if not k.endswith(BG_SUFFIX)])
+            else:
+                keys = list(maps)  # every scale gives the same maps
             for name in keys:
-                cam = _foreground_channels(torch.relu(maps[name].float()), foreground, name)
-                if flip:
-                    cam = cam[:batch] + cam[batch:].flip(-1)
-                cam = F.interpolate(cam, size=size, mode="bilinear", align_corners=False)
-                totals[name] = cam if name not in totals else totals[name] + cam
+                fg_maps, bg_map = _split_channels(torch.relu(maps[name].float()), foreground, name)
+                for out_name, cam in ((name, fg_maps), (name + BG_SUFFIX, bg_map)):
+                    if cam is None:
+                        continue
+                    if flip:
+                        cam = cam[:batch] + cam[batch:].flip(-1)
+                    cam = F.interpolate(cam, size=size, mode="bilinear", align_corners=False)
+                    totals[out_name] = cam if out_name not in totals else totals[out_name] + cam
     return totals
 
 
@@ -200,10 +216,12 @@ def _model_device(model: nn.Module) -> torch.device:
 
 
 def _stored_keys(out: Path, ids: Sequence[str]) -> list[str]:
-    """The CAM types of the first stored file (when a resumed run had nothing left to compute)."""
+    """The CAM types of the first stored file (when a resumed run had nothing left to compute), with
+    ``"<name>@background"`` for those stored with a background of their own."""
     from weakseg.cam.store import load_cams
 
-    return list(load_cams(cam_file(out, ids[0])).cams)
+    record = load_cams(cam_file(out, ids[0]))
+    return [*record.cams, *(name + BG_SUFFIX for name in record.backgrounds)]
 
 
 def infer_cams(
@@ -230,7 +248,8 @@ def infer_cams(
         model: an image-level network in eval mode (see :func:`multiscale_cams`).
         dataset: samples with "image" float ``[3, H, W]``, "tags" ``[K]`` and "id" (no augmentation).
         out_dir: the CAM folder: ``{id}.npz`` per image (:func:`weakseg.cam.store.save_cams`) and
-            ``cams.json`` (``meta`` plus the inference settings).
+            ``cams.json`` (``meta`` plus the inference settings; ``"backgrounds"`` lists the maps
+            stored with a background of their own).
         num_classes, background: the dataset's K and background index (None when every class is
             a foreground class): the model's CAMs have one channel per non-background class.
         keys, maps_fn: which maps, from which function (see :func:`multiscale_cams`).
@@ -278,7 +297,7 @@ def infer_cams(
             )
             found_keys = list(maps)
             for name, value in maps.items():
-                if value.shape[1] != len(fg):
+                if not name.endswith(BG_SUFFIX) and value.shape[1] != len(fg):
                     raise ValueError(
                         f"CAM {name!r} has {value.shape[1]} channels but the dataset has {len(fg)} "
                         f"foreground classes ({num_classes} classes, background {background})"
@@ -289,9 +308,16 @@ def infer_cams(
                     [fg.index(int(c)) for c in present], dtype=torch.long, device=device
                 )
                 kept = {
-                    name: normalise_cams(value[b].index_select(0, channels)) for name, value in maps.items()
+                    name: normalise_cams(value[b].index_select(0, channels))
+                    for name, value in maps.items()
+                    if not name.endswith(BG_SUFFIX)
                 }
-                save_cams(cam_file(out, str(sample["id"])), present, kept)
+                own_bg = {
+                    name[: -len(BG_SUFFIX)]: normalise_cams(value[b, 0])
+                    for name, value in maps.items()
+                    if name.endswith(BG_SUFFIX)
+                }
+                save_cams(cam_file(out, str(sample["id"])), present, kept, backgrounds=own_bg)
             bar.update(len(group))
     bar.close()
     if found_keys is None:  # nothing computed now: every file existed already
@@ -302,7 +328,8 @@ def infer_cams(
             "classes": list(getattr(dataset, "classes", [])) or None,
             "background": background,
             **dict(meta or {}),
-            "cam_keys": found_keys,
+            "cam_keys": [k for k in found_keys if not k.endswith(BG_SUFFIX)],
+            "backgrounds": [k[: -len(BG_SUFFIX)] for k in found_keys if k.endswith(BG_SUFFIX)],
             "scales": [float(s) for s in scales],
             "flip": bool(flip),
             "num_images": len(dataset),  # type: ignore[arg-type]

@@ -1,12 +1,12 @@
 """Pseudo-labels from CAMs: SFC's IR-label rule with uncertain pixels left out, refined by a dense CRF.
 
 **Combined CAM.** ``M = Σ_k w_k M_k / Σ_k w_k`` over the stored CAM types
-(:func:`weakseg.cam.seeds.combine_cams`); SFC's IR labels use ``M_W + 0.7·M_P``, i.e.
-``--weights cam=1 cam_proto=0.7`` (the scale of the sum does not change the arg-max below, but it
-does change what a threshold means, so the thresholds here apply to the weighted mean in [0, 1]).
+(:func:`weakseg.cam.seeds.combine_cams`; default weights per rule, :func:`~weakseg.cam.seeds.choose_weights`:
+the raw classifier CAM ``cam`` for rule "irn", ``M_W + 0.7·M_P`` for rule "sfc", i.e.
+``--weights M_W=1 M_P=0.7``). The scale of the sum does not change the arg-max below, but it does change
+what a threshold means, so the thresholds here apply to the weighted mean in [0, 1].
 
-**With a background class** (SFC.md §4 "IR labels", the code of ``cam2ir.py`` / IRN's
-``cam_to_ir_label``):
+**With a background class**, rule "irn" (IRN's ``cam_to_ir_label``):
 
 1. confident foreground: arg-max over ``[t_fg, M_1 … M_n]`` (a constant background score beside
    the tagged classes' maps), refined by the CRF -> map F (0 = background);
@@ -14,13 +14,16 @@ does change what a threshold means, so the thresholds here apply to the weighted
 3. the label is F's class where F is foreground; background where F and G are both background;
    255 (ignore) where F says background but G foreground.
 
-SFC's network has a background channel of its own, which its code halves for step 2; the
-class-only CAMs here have none, so the background score is a constant as in IRN, whose defaults
-``t_fg = 0.30`` and ``t_bg = 0.05`` are used.
+IRN's defaults ``t_fg = 0.30`` and ``t_bg = 0.05`` are used. Rule "sfc" (SFC.md §4 "IR labels", SFC's
+``cam2ir.py``) replaces the constants by the maps' own background: scores as ``make_cam`` biases them
+(background ``B + 0.4``, foreground ``2 M``, :func:`~weakseg.cam.seeds.sfc_scores`), F is the arg-max
+over ``[B + 0.4, 2 M_1 … 2 M_n]`` and G the arg-max with the background ``x bg_scale`` (0.5); step 3 is
+the same.
 
-**Without a background class** (every class is a foreground class, e.g. CamVid) there is no
+**Without a background class** (every class is a foreground class, e.g. CamVid, MSRC) there is no
 background to be confident about: the label is the arg-max over ``[t_u, M_1 … M_n]`` refined by the
 CRF, and pixels won by the constant ``t_u`` (no tagged class scores above it) are 255 (uncertain).
+Both rules do this (SFC's code has no such case; its biases change no arg-max among classes).
 
 **CRF.** ``crf="torch"`` is :func:`weakseg.postprocess.crf.dense_crf` on a label unary
 (pydensecrf's ``unary_from_labels`` with ``gt_prob`` 0.7, as ``crf_inference_label``), batched over
@@ -53,7 +56,14 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from weakseg.cam.inference import foreground_classes, normalise_cams
-from weakseg.cam.seeds import check_dataset_matches, combine_cams, resolve_weights
+from weakseg.cam.seeds import (
+    RULES,
+    check_dataset_matches,
+    check_rule_inputs,
+    choose_weights,
+    combine_cams,
+    sfc_scores,
+)
 from weakseg.cam.store import SamplesWithCams, keep_as_list, load_cam_meta
 from weakseg.io import DataError, atomic_save_label_png, atomic_write_json, json_safe
 from weakseg.metrics import ConfusionMatrix, nanmean, per_class_iou
@@ -79,12 +89,14 @@ class PseudoLabelParams:
     """Thresholds and refinement of :func:`ir_labels` (see the module doc).
 
     Attributes:
-        fg_threshold: background score for the confident-foreground map (IRN's conf_fg_thres).
-        bg_threshold: background score for the confident-background map (IRN's conf_bg_thres).
+        fg_threshold: rule "irn": background score for the confident-foreground map (IRN's conf_fg_thres).
+        bg_threshold: rule "irn": background score for the confident-background map (IRN's conf_bg_thres).
         uncertain_threshold: datasets without background: pixels whose best tagged class scores
             no more than this are uncertain (255).
         crf: "torch", "pydensecrf" or "none".
         crf_params: dense-CRF settings (default IRN/SFC's ``crf_inference_label``).
+        rule: "irn" (constant background scores) or "sfc" (the maps' own backgrounds, ``cam2ir.py``).
+        bg_scale: rule "sfc": the own background is multiplied by this for the confident-background map.
     """
 
     fg_threshold: float = 0.30
@@ -92,10 +104,16 @@ class PseudoLabelParams:
     uncertain_threshold: float = 0.30
     crf: CrfKind = "torch"
     crf_params: CRFParams = field(default_factory=CRFParams.pseudo_label)
+    rule: str = "irn"
+    bg_scale: float = 0.5
 
     def __post_init__(self) -> None:
         if self.crf not in ("torch", "pydensecrf", "none"):
             raise ValueError(f"crf must be 'torch', 'pydensecrf' or 'none', got {self.crf!r}")
+        if self.rule not in RULES:
+            raise ValueError(f"rule must be one of {', '.join(RULES)}, got {self.rule!r}")
+        if not 0.0 <= self.bg_scale <= 1.0:
+            raise ValueError(f"bg_scale must lie in [0, 1] (it lowers the background), got {self.bg_scale}")
         if not self.bg_threshold <= self.fg_threshold:
             raise ValueError(
                 f"bg_threshold ({self.bg_threshold}) must not exceed fg_threshold ({self.fg_threshold}): "
@@ -106,9 +124,10 @@ class PseudoLabelParams:
 # --------------------------------------------------------------------------------------------------
 # The labelling rule
 # --------------------------------------------------------------------------------------------------
-def _argmax_with_constant(cams: torch.Tensor, score: float) -> torch.Tensor:
+def _argmax_with_constant(cams: torch.Tensor, score: float | torch.Tensor) -> torch.Tensor:
     """Arg-max over ``[score, slots…]`` of ``[N, S, H, W]`` maps -> int64 ``[N, H, W]`` in 0..S (0 where
-    no slot beats ``score``; ties go to the lower index as ``np.argmax`` does). Unused slots hold -inf."""
+    no slot beats ``score``; ties go to the lower index as ``np.argmax`` does). Unused slots hold -inf.
+    ``score`` is a constant or a per-pixel background score ``[N, H, W]``."""
     if cams.shape[1] == 0:
         return torch.zeros((cams.shape[0], *cams.shape[-2:]), dtype=torch.long, device=cams.device)
     peak, arg = cams.max(dim=1)
@@ -143,6 +162,7 @@ def batched_ir_labels(
     background: int | None,
     params: PseudoLabelParams = PseudoLabelParams(),
     valid: torch.Tensor | None = None,
+    bg_scores: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The pseudo-label rule of the module doc on a batch in *slot* layout, all on the maps' device.
 
@@ -162,10 +182,17 @@ def batched_ir_labels(
         params: thresholds and CRF.
         valid: optional bool ``[B, H, W]``: pixels outside (crop padding) are 255 and take no part in
             the CRF.
+        bg_scores: rule "sfc" (datasets with a background class): float ``[B, H, W]``, the background
+            score beside the slots (the maps' own biased background); the confident-background map uses
+            it ``x params.bg_scale``. None: IRN's constant scores.
 
     Returns:
         int64 ``[B, H, W]``: class ids, 255 where uncertain.
     """
+    if (bg_scores is not None) != (params.rule == "sfc" and background is not None):
+        raise ValueError("bg_scores go with rule 'sfc' on a dataset with a background class, and only there")
+    if bg_scores is not None and bg_scores.shape != (cams.shape[0], *cams.shape[-2:]):
+        raise ValueError(f"bg_scores must be [B, H, W] = {(cams.shape[0], *cams.shape[-2:])}")
     if cams.ndim != 4 or classes.shape != cams.shape[:2] or present.shape != cams.shape[:2]:
         raise ValueError(
             f"expected cams [B, S, H, W] with classes and present [B, S]; got {tuple(cams.shape)}, "
@@ -178,9 +205,13 @@ def batched_ir_labels(
     first_score = params.uncertain_threshold if background is None else params.fg_threshold
     present = present.bool()
     masked = cams.float().masked_fill(~present[:, :, None, None], -math.inf)
-    maps = [_argmax_with_constant(masked, first_score)]
-    if background is not None:  # the confident-background maps go through the CRF in the same batch
-        maps.append(_argmax_with_constant(masked, params.bg_threshold))
+    if bg_scores is not None:  # SFC's cam2ir: the own background, then halved
+        own = bg_scores.float()
+        maps = [_argmax_with_constant(masked, own), _argmax_with_constant(masked, own * params.bg_scale)]
+    else:
+        maps = [_argmax_with_constant(masked, first_score)]
+        if background is not None:  # the confident-background maps go through the CRF in the same batch
+            maps.append(_argmax_with_constant(masked, params.bg_threshold))
     copies = len(maps)
     label_maps = torch.cat(maps)  # [copies * B, H, W]
     if params.crf != "none":
@@ -212,16 +243,19 @@ def ir_labels(
     *,
     background: int | None,
     params: PseudoLabelParams = PseudoLabelParams(),
+    bg_scores: Sequence[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Pseudo-labels of a batch of images of one size (see the module doc).
 
     Packs each image's tagged classes into the first slots and calls :func:`batched_ir_labels`.
 
     Args:
-        cams: per image, the combined CAM ``[n_i, H, W]`` of its tagged foreground classes.
+        cams: per image, the combined CAM ``[n_i, H, W]`` of its tagged foreground classes (rule "sfc":
+            the biased foreground scores).
         keys: per image, the ``[n_i]`` class indices of those channels.
         images: uint8 ``[B, 3, H, W]`` (0..255) or float in [0, 1], for the CRF.
         background: the dataset's background class, or None (no background: uncertain pixels 255).
+        bg_scores: rule "sfc" with a background class: per image the background score ``[H, W]``.
 
     Returns:
         int64 ``[B, H, W]``: class ids, 255 where uncertain.
@@ -241,7 +275,14 @@ def ir_labels(
         packed[i, :n] = cam.to(device=device, dtype=torch.float32)
         classes[i, :n] = torch.as_tensor([int(c) for c in k], dtype=torch.long)
         present[i, :n] = True
-    return batched_ir_labels(packed, classes, present, images, background=background, params=params)
+    own = (
+        None
+        if bg_scores is None
+        else torch.stack([b.to(device=device, dtype=torch.float32) for b in bg_scores])
+    )
+    return batched_ir_labels(
+        packed, classes, present, images, background=background, params=params, bg_scores=own
+    )
 
 
 def cam_pseudo_labels(
@@ -418,6 +459,8 @@ def make_pseudo_labels(
     mIoU over the labelled pixels, mIoU counting ignored pixels as misses, coverage). All files
     are written atomically.
 
+    ``weights`` default per rule (``params.rule``; :func:`~weakseg.cam.seeds.choose_weights`).
+
     Returns:
         The ``pseudo_labels.json`` content.
     """
@@ -426,7 +469,9 @@ def make_pseudo_labels(
         raise ValueError(f"out_root must differ from the dataset root {dataset.root}")
     meta = load_cam_meta(cam_dir)
     check_dataset_matches(meta, dataset, cam_dir)
-    chosen = resolve_weights(meta["cam_keys"], weights if weights is not None else meta.get("weights"))
+    chosen = choose_weights(meta, params.rule, weights, "pseudo")
+    check_rule_inputs(meta, params.rule, chosen, dataset.background)
+    own_background = params.rule == "sfc" and dataset.background is not None
     k = dataset.num_classes
     palette = make_palette()
     matrix = ConfusionMatrix(k + 1, ignore_index=IGNORE_INDEX)
@@ -447,13 +492,20 @@ def make_pseudo_labels(
             images = torch.stack(
                 [torch.from_numpy(np.ascontiguousarray(it[1]["image"])).permute(2, 0, 1) for it in group]
             )
-            combined = [combine_cams(it[2].cams, chosen).to(device) for it in group]
+            if own_background:
+                scored = [sfc_scores(it[2], chosen) for it in group]
+                combined = [fg.to(device) for fg, _ in scored]
+                bg_scores: list[torch.Tensor] | None = [bg.to(device) for _, bg in scored]
+            else:
+                combined = [combine_cams(it[2].cams, chosen).to(device) for it in group]
+                bg_scores = None
             labels = ir_labels(
                 combined,
                 [it[2].keys for it in group],
                 images.to(device),
                 background=dataset.background,
                 params=params,
+                bg_scores=bg_scores,
             ).cpu()
             for (sid, raw, _record), label in zip(group, labels):
                 mask = raw.get("mask")
@@ -475,6 +527,7 @@ def make_pseudo_labels(
         "cams": str(cam_dir.resolve()),
         "split": dataset.split,
         "num_images": len(dataset),
+        "rule": params.rule,
         "weights": chosen,
         "background": dataset.background,
         "params": {**asdict(params), "crf_params": asdict(params.crf_params)},

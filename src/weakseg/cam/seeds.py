@@ -1,25 +1,33 @@
-"""CAM seeds and their evaluation: a background-threshold sweep against the ground-truth masks.
+"""CAM seeds and their evaluation against the ground-truth masks, under two rules.
 
-**Combining CAM types.** An image's stored CAMs (one ``[n, H, W]`` map per type, see
-:mod:`weakseg.cam.store`) are merged into one map as the weighted *mean*
-``M = Σ_k w_k M_k / Σ_k w_k`` (:func:`combine_cams`). SFC adds ``M_W + M_P`` (paper) or
-``M_W + 0.7·M_P`` (its IR-label code); dividing by ``Σ w_k`` only rescales the sum, so the arg-max is
-the same, and it keeps ``M`` in [0, 1], so one background threshold means the same thing for every
-weighting.
+**Rule "irn"** (the default; IRN's, for every image-level method alike). An image's stored CAMs (one
+``[n, H, W]`` map per type, see :mod:`weakseg.cam.store`) are merged into one map as the weighted
+*mean* ``M = Σ_k w_k M_k / Σ_k w_k`` (:func:`combine_cams`); by default the raw classifier CAM
+``"cam"`` alone, which ``cam`` and ``sfc`` checkpoints both store, so both are scored by the same
+rule. With a background class (VOC, COCO) the seed of threshold ``t`` puts a constant background score
+``t`` beside the foreground maps and takes the arg-max: a pixel is the foreground class
+``argmax_c M_c`` when ``max_c M_c > t`` and background otherwise (ties go to background, as
+``np.argmax`` over ``[t, M…]`` does). The sweep reports the **fixed** entry ``t = 0.15`` (IRN's
+``cam_eval_thres``, a rule) and the **oracle** best threshold (chosen on the very masks it is scored
+against, so an upper bound, not a rule).
 
-**Seed.** With a background class (VOC, COCO) the seed of threshold ``t`` is IRN's: a constant
-background score ``t`` is put beside the foreground maps and the arg-max taken, so a pixel is the
-foreground class ``argmax_c M_c`` when ``max_c M_c > t`` and background otherwise (ties go to
-background, as ``np.argmax`` over ``[t, M…]`` does).
+**Rule "sfc"** (SFC's ``make_cam.py`` / ``eval_cam.py``). Each map type has a background channel of
+its own (``M_W``: ``1 - max_c M_c`` through the PCM; ``M_P``: the similarity to the background
+prototype), stored beside it; after the per-channel max normalisation the background gets ``+ 0.4``
+and the foreground channels ``× 2`` (the ``np.pad`` trick), types are combined with their weights
+(default ``M_W + M_P``, the paper's; ``eval_cam.py`` scores ``M_P`` alone) and the seed is the
+arg-max over the background and the tagged classes. It is scored as a sweep over an *extra*
+background offset ``t`` (foreground where ``max_c 2 M_c - (B + 0.4) > t``) whose fixed entry
+``t = 0`` is SFC's rule itself.
 
-**Datasets without background** (CamVid: every class is a foreground class). Every pixel belongs to
-some tagged class, so the seed is the arg-max over the tagged classes; ``t`` becomes an
+**Datasets without background** (CamVid, MSRC: every class is a foreground class). Every pixel
+belongs to some tagged class, so the seed is the arg-max over the tagged classes; ``t`` becomes an
 *uncertainty* threshold: pixels with ``max_c M_c ≤ t`` are left unlabelled (255). The seed is scored
 as a labelling of the whole image: an unlabelled pixel counts as a miss (a false negative of its
-true class, a false positive of none), so ``t = 0`` is the plain arg-max and a larger ``t`` pays off
-only where abstaining beats a wrong guess. The sweep also reports the mIoU over the labelled pixels
-alone ("precision_mIoU") and the labelled fraction ("coverage"), the trade-off that matters when
-the seeds become pseudo-labels with ignore regions.
+true class, a false positive of none), so ``t = 0`` (the fixed entry) is the plain arg-max and a
+larger ``t`` pays off only where abstaining beats a wrong guess. The sweep also reports the mIoU
+over the labelled pixels alone ("precision_mIoU") and the labelled fraction ("coverage"). SFC's
+rule has no background to bias here: it is the same arg-max over the weighted mean.
 
 **One pass, every threshold.** Whether pixel p is foreground at threshold ``t_j`` depends only on
 ``m_p = max_c M_c(p)``: it is foreground exactly for the thresholds below ``m_p``. So each pixel is
@@ -43,23 +51,44 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from weakseg.cam.store import SamplesWithCams, keep_as_list, load_cam_meta
+from weakseg.cam.store import CamRecord, SamplesWithCams, keep_as_list, load_cam_meta
 from weakseg.io import DataError, atomic_write_json, json_safe
 from weakseg.metrics import metrics_from_matrix, nanmean, per_class_iou, pixel_accuracy
 from weakseg.viz import plot_metric_vs, plot_per_class_bar
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
+    "IRN_THRESHOLD",
+    "RULES",
+    "SFC_BG_OFFSET",
+    "SFC_FG_SCALE",
     "SeedSweep",
+    "choose_weights",
     "combine_cams",
     "evaluate_seeds",
     "resolve_weights",
+    "rule_scores",
     "seed_labels",
     "write_seed_report",
 ]
 
 IGNORE_INDEX = 255
 DEFAULT_THRESHOLDS: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(20))  # 0.00 … 0.95
+RULES = ("irn", "sfc")
+#: IRN's ``cam_eval_thres``: the fixed background score its CAM seeds on VOC are reported at (equal to
+#: :data:`weakseg.models.classifier.DEFAULT_BG_THRESHOLD`).
+IRN_THRESHOLD = 0.15
+#: SFC's ``make_cam.py``: background ``+ 0.4``, foreground ``x 2`` on max-normalised maps.
+SFC_BG_OFFSET = 0.4
+SFC_FG_SCALE = 2.0
+#: Default CAM-type weights of each rule, for seeds and for pseudo-labels (SFC: the paper's
+#: ``M_W + M_P`` for seeds, ``cam2ir.py``'s ``M_W + 0.7 M_P`` for IR labels).
+RULE_WEIGHTS: dict[tuple[str, str], dict[str, float]] = {
+    ("irn", "seeds"): {"cam": 1.0},
+    ("irn", "pseudo"): {"cam": 1.0},
+    ("sfc", "seeds"): {"M_W": 1.0, "M_P": 1.0},
+    ("sfc", "pseudo"): {"M_W": 1.0, "M_P": 0.7},
+}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -83,6 +112,27 @@ def resolve_weights(cam_keys: Sequence[str], weights: Mapping[str, float] | None
     return chosen
 
 
+def choose_weights(
+    meta: Mapping[str, Any],
+    rule: str,
+    weights: Mapping[str, float] | None = None,
+    purpose: str = "seeds",
+) -> dict[str, float]:
+    """The CAM-type weights a rule uses on a CAM folder: ``weights`` when given; else the folder's own
+    ``cams.json`` "weights"; else the rule's default (:data:`RULE_WEIGHTS`) when the folder holds those
+    types; else 1 for each type. ``purpose`` is "seeds" or "pseudo"."""
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {', '.join(RULES)}, got {rule!r}")
+    keys = list(meta["cam_keys"])
+    if weights is None:
+        weights = meta.get("weights")
+    if weights is None:
+        default = RULE_WEIGHTS[(rule, purpose)]
+        if set(default) <= set(keys):
+            weights = default
+    return resolve_weights(keys, weights)
+
+
 def combine_cams(cams: Mapping[str, Any], weights: Mapping[str, float]) -> torch.Tensor:
     """Weighted mean ``Σ_k w_k M_k / Σ_k w_k`` of CAM types (arrays or tensors ``[..., H, W]`` of one
     shape) -> float32 tensor of that shape."""
@@ -95,6 +145,54 @@ def combine_cams(cams: Mapping[str, Any], weights: Mapping[str, float]) -> torch
     if total is None:
         raise ValueError("combine_cams: no weights given")
     return total / float(sum(weights.values()))
+
+
+def sfc_scores(
+    record: CamRecord,
+    weights: Mapping[str, float],
+    *,
+    bg_offset: float = SFC_BG_OFFSET,
+    fg_scale: float = SFC_FG_SCALE,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SFC's ``make_cam`` scores of one image: ``(fg [n, H, W], bg [H, W])`` float32.
+
+    ``fg = Σ_k w_k · fg_scale · M_k / Σ w`` and ``bg = Σ_k w_k (B_k + bg_offset) / Σ w`` with ``B_k`` the
+    stored own background of type ``k`` (SFC adds the biased maps of its types; dividing by ``Σ w``
+    changes no arg-max and no ratio such as ``cam2ir``'s background ``x 0.5``).
+    """
+    missing = [key for key in weights if key not in record.backgrounds]
+    if missing:
+        raise DataError(
+            f"SFC's rule needs each map's own background channel; {missing} have none (only SFC's M_W and "
+            "M_P have one: use rule 'irn' for the raw classifier CAM, or remake the CAMs of an sfc "
+            "checkpoint with this version of `weakseg cam`)"
+        )
+    fg = fg_scale * combine_cams(record.cams, weights)
+    bg = combine_cams({k: v[None] for k, v in record.backgrounds.items()}, weights)[0] + bg_offset
+    return fg, bg
+
+
+def rule_scores(
+    record: CamRecord, weights: Mapping[str, float], rule: str, background: int | None
+) -> torch.Tensor:
+    """The ``[n, H, W]`` maps whose peak the seed threshold is compared with, for one image.
+
+    ``"irn"`` (and any rule on a dataset without background): the weighted mean of the CAM types;
+    ``"sfc"``: the foreground scores minus the background score, ``SFC fg - SFC bg``
+    (:func:`sfc_scores`), so a threshold ``t`` is an extra background offset and ``t = 0`` is SFC's rule.
+    """
+    if rule == "irn" or background is None:
+        return combine_cams(record.cams, weights)
+    if rule != "sfc":
+        raise ValueError(f"rule must be one of {', '.join(RULES)}, got {rule!r}")
+    fg, bg = sfc_scores(record, weights)
+    return fg - bg[None]
+
+
+def fixed_threshold_of(rule: str, background: int | None) -> float:
+    """The threshold a rule itself uses: IRN's 0.15 with a background class, else 0 (SFC's own
+    background offset; the plain arg-max without background)."""
+    return IRN_THRESHOLD if rule == "irn" and background is not None else 0.0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -197,13 +295,19 @@ class SeedSweep:
             out = torch.cat([out, out.new_zeros(out.shape[0], 1, out.shape[2])], dim=1)
         return out
 
-    def compute(self, class_names: Sequence[str] | None = None) -> dict[str, Any]:
-        """The sweep and the best threshold.
+    def compute(
+        self, class_names: Sequence[str] | None = None, fixed_threshold: float | None = None
+    ) -> dict[str, Any]:
+        """The sweep, the oracle best threshold and (``fixed_threshold``, one of the swept thresholds)
+        the entry of a fixed rule.
 
         Returns a dict with "thresholds", "mIoU" (one per threshold), "best_threshold",
         "best_mIoU", "per_class_IoU" (at the best threshold; a dict by class name when
         ``class_names`` is given), "pixel_accuracy", "threshold_kind" ("background" or
-        "uncertainty"), and without a background also "precision_mIoU" and "coverage" per threshold.
+        "uncertainty"), "oracle" (a note: the best threshold is picked on the evaluated masks), and
+        without a background also "precision_mIoU" and "coverage" per threshold. With
+        ``fixed_threshold``: "fixed_threshold", "fixed_mIoU", "fixed_per_class_IoU" (and without a
+        background "fixed_coverage").
         """
         mats = self.matrices().cpu().numpy()
         k = self.num_classes
@@ -222,6 +326,8 @@ class SeedSweep:
             "per_class_IoU": dict(zip(names, per_class)) if names else per_class,
             "pixel_accuracy": pixel_accuracy(mats[best]),
             "num_pixels": int(mats[best].sum()),
+            "oracle": "best_threshold / best_mIoU: the threshold is chosen on the evaluated masks (an upper "
+            "bound, not a rule)",
         }
         if self.background is None:
             labelled = [m[:k, :k] for m in mats]
@@ -229,6 +335,17 @@ class SeedSweep:
             result["coverage"] = [float(m.sum() / max(1, full.sum())) for m, full in zip(labelled, mats)]
         else:
             result["mean_accuracy"] = metrics_from_matrix(mats[best])["mean_accuracy"]
+        if fixed_threshold is not None:
+            matches = [j for j, t in enumerate(self.thresholds) if math.isclose(t, fixed_threshold)]
+            if not matches:
+                raise ValueError(f"fixed threshold {fixed_threshold} is not among {self.thresholds}")
+            j = matches[0]
+            result["fixed_threshold"] = self.thresholds[j]
+            result["fixed_mIoU"] = miou[j]
+            fixed = ious[j].tolist()
+            result["fixed_per_class_IoU"] = dict(zip(names, fixed)) if names else fixed
+            if self.background is None:
+                result["fixed_coverage"] = result["coverage"][j]
         return result
 
 
@@ -248,12 +365,44 @@ def check_dataset_matches(meta: Mapping[str, Any], dataset: Any, cam_dir: str | 
         )
 
 
+def check_rule_inputs(
+    meta: Mapping[str, Any], rule: str, weights: Mapping[str, float], background: int | None
+) -> None:
+    """Raise :class:`DataError` when ``rule`` "sfc" needs own backgrounds the CAM folder lacks."""
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {', '.join(RULES)}, got {rule!r}")
+    if rule != "sfc" or background is None:
+        return
+    missing = sorted(set(weights) - set(meta.get("backgrounds") or []))
+    if missing:
+        raise DataError(
+            f"rule 'sfc' needs each weighted map's own background channel; the CAM folder has none for "
+            f"{missing} (it has {meta.get('backgrounds') or 'none'}): SFC's M_W and M_P have one, the raw "
+            "classifier CAM 'cam' has not (score it with rule 'irn')"
+        )
+
+
+def describe_rule(rule: str, background: int | None) -> str:
+    """One line naming what a rule does (stored with the reports)."""
+    if background is None:
+        return "no background class: arg-max over the tagged classes of the weighted mean of the maps"
+    if rule == "irn":
+        return "IRN: weighted mean of max-normalised maps; background where no tagged class exceeds t"
+    return (
+        f"SFC make_cam/eval_cam: max-normalised maps with their own background, background "
+        f"+{SFC_BG_OFFSET}, foreground x{SFC_FG_SCALE:g}, weighted; arg-max over background and tagged "
+        "classes (t = an extra background offset)"
+    )
+
+
 def evaluate_seeds(
     cam_dir: str | os.PathLike,
     dataset: Any,
     *,
+    rule: str = "irn",
     weights: Mapping[str, float] | None = None,
-    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    thresholds: Sequence[float] | None = None,
+    fixed_threshold: float | None = None,
     num_workers: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = True,
@@ -263,16 +412,29 @@ def evaluate_seeds(
     Args:
         cam_dir: a folder written by :func:`weakseg.cam.inference.infer_cams`.
         dataset: a :class:`~weakseg.data.SegDataset` with masks, the same classes and background.
-        weights: CAM-type weights (default: ``cams.json``'s "weights", else 1 each).
+        rule: "irn" (constant background score) or "sfc" (the maps' own backgrounds, SFC's biases).
+        weights: CAM-type weights (default: :func:`choose_weights`; "irn": the raw classifier CAM
+            ``cam``, "sfc": ``M_W + M_P``).
+        thresholds: the sweep (default: 0, 0.05, …, 0.95 for "irn"; 0 alone for "sfc").
+        fixed_threshold: the rule's own entry, added to the sweep when missing (default: 0.15 for
+            "irn" with a background class, else 0).
 
     Returns:
-        :meth:`SeedSweep.compute`'s dict plus "weights" and "num_images".
+        :meth:`SeedSweep.compute`'s dict (with the fixed entry) plus "rule", "rule_description",
+        "weights" and "num_images".
     """
     cam_dir = Path(cam_dir)
     meta = load_cam_meta(cam_dir)
     check_dataset_matches(meta, dataset, cam_dir)
-    chosen = resolve_weights(meta["cam_keys"], weights if weights is not None else meta.get("weights"))
-    sweep = SeedSweep(dataset.num_classes, dataset.background, thresholds, device=device)
+    chosen = choose_weights(meta, rule, weights, "seeds")
+    check_rule_inputs(meta, rule, chosen, dataset.background)
+    fixed = (
+        fixed_threshold_of(rule, dataset.background) if fixed_threshold is None else float(fixed_threshold)
+    )
+    if thresholds is None:
+        thresholds = DEFAULT_THRESHOLDS if rule == "irn" else (0.0,)
+    swept = sorted({float(t) for t in thresholds} | {fixed})
+    sweep = SeedSweep(dataset.num_classes, dataset.background, swept, device=device)
     loader = DataLoader(
         SamplesWithCams(dataset, cam_dir),
         batch_size=None,
@@ -283,11 +445,23 @@ def evaluate_seeds(
     for sid, raw, record in tqdm(loader, desc="seeds", unit="img", disable=not progress, dynamic_ncols=True):
         if "mask" not in raw:
             raise DataError(f"sample {sid!r} has no mask: seed evaluation needs dense ground truth")
-        sweep.update(combine_cams(record.cams, chosen), record.keys, torch.as_tensor(np.asarray(raw["mask"])))
-    result = sweep.compute(dataset.classes)
+        scores = rule_scores(record, chosen, rule, dataset.background)
+        sweep.update(scores, record.keys, torch.as_tensor(np.asarray(raw["mask"])))
+    result = sweep.compute(dataset.classes, fixed_threshold=fixed)
+    if rule == "sfc" and dataset.background is not None:
+        result["threshold_kind"] = "extra background offset"
+    result["rule"] = rule
+    result["rule_description"] = describe_rule(rule, dataset.background)
     result["weights"] = chosen
     result["num_images"] = len(dataset)
     return result
+
+
+def _report_title(result: Mapping[str, Any]) -> str:
+    title = f"CAM seeds ({result.get('rule', 'irn')} rule)"
+    if "fixed_mIoU" in result:
+        title += f": mIoU {result['fixed_mIoU']:.3f} at {result['fixed_threshold']:g}"
+    return title + f", oracle best {result['best_mIoU']:.3f} at {result['best_threshold']:g}"
 
 
 def write_seed_report(result: Mapping[str, Any], out_dir: str | os.PathLike) -> dict[str, Path]:
@@ -305,7 +479,7 @@ def write_seed_report(result: Mapping[str, Any], out_dir: str | os.PathLike) -> 
         out / "seed_mIoU_vs_threshold.png",
         xlabel=f"{kind} threshold",
         ylabel="mIoU" if len(series) == 1 else "value",
-        title=f"CAM seeds: best mIoU {result['best_mIoU']:.3f} at {result['best_threshold']:g}",
+        title=_report_title(result),
     )
     per_class = result["per_class_IoU"]
     if isinstance(per_class, Mapping):

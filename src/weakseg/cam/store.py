@@ -2,16 +2,19 @@
 
 A CAM folder holds one ``{id}.npz`` per image and a ``cams.json`` describing them::
 
-    cams.json       {"format_version": 1, "classes": [...], "background": 0 | null,
-                     "cam_keys": ["cam", "cam_proto"], "weights": {"cam": 1.0, "cam_proto": 1.0},
-                     "scales": [...], "flip": true, "checkpoint": ..., "data": {...}, ...}
+    cams.json       {"format_version": 2, "classes": [...], "background": 0 | null,
+                     "cam_keys": ["cam", "M_W", "M_P"], "backgrounds": ["M_W", "M_P"],
+                     "rule": "irn" | "sfc", "scales": [...], "flip": true, "checkpoint": ..., ...}
     <id>.npz        "keys"   int64 [n]        dataset class indices of the image's foreground tags
-                    <cam key> float16 [n, H, W] one per CAM type (e.g. "cam" = M_W, "cam_proto" = M_P),
-                                               at the image's size, each channel divided by its max
+                    <cam key> float16 [n, H, W] one per CAM type (e.g. "cam" = the raw classifier CAM,
+                                               "M_W" / "M_P" = SFC's maps), at the image's size, each
+                                               channel divided by its max
+                    <cam key>@background float16 [H, W]  the map's own background channel, for maps that
+                                               have one (SFC's M_W and M_P), divided by its max
 
 Only the tagged foreground classes are stored (absent classes are zero by construction), in
 float16, uncompressed: zlib saves ~25% on smooth CAMs but costs ~20× the write time. Every file
-is written atomically (temporary file + rename).
+is written atomically (temporary file + rename). Format 1 (no background arrays) is still read.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +31,22 @@ from torch.utils.data import Dataset
 
 from weakseg.io import DataError, atomic_write, atomic_write_json
 
-__all__ = ["CAM_META", "CamRecord", "cam_file", "load_cam_meta", "load_cams", "save_cams", "write_cam_meta"]
+__all__ = [
+    "BG_SUFFIX",
+    "CAM_META",
+    "CamRecord",
+    "cam_file",
+    "load_cam_meta",
+    "load_cams",
+    "save_cams",
+    "write_cam_meta",
+]
 
 CAM_META = "cams.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+#: Suffix of a map's own background channel, in the ``.npz`` files and in map dicts of the inference.
+BG_SUFFIX = "@background"
 
 
 @dataclass
@@ -41,10 +56,13 @@ class CamRecord:
     Attributes:
         keys: int64 ``[n]`` dataset class indices (foreground classes the image is tagged with).
         cams: CAM type -> float32 ``[n, H, W]`` normalised maps (channel i belongs to ``keys[i]``).
+        backgrounds: CAM type -> float32 ``[H, W]`` normalised background channel of its own, for the
+            types that have one (SFC's ``M_W`` and ``M_P``; a plain CAM has none).
     """
 
     keys: np.ndarray
     cams: dict[str, np.ndarray]
+    backgrounds: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -63,6 +81,7 @@ def save_cams(
     keys: Sequence[int] | np.ndarray,
     cams: Mapping[str, Any],
     *,
+    backgrounds: Mapping[str, Any] | None = None,
     dtype: str = "float16",
 ) -> Path:
     """Write one image's CAMs atomically.
@@ -71,6 +90,7 @@ def save_cams(
         path: destination ``.npz``.
         keys: ``[n]`` class indices of the stored channels.
         cams: CAM type -> ``[n, H, W]`` array or tensor (all of one shape).
+        backgrounds: CAM type (one of ``cams``) -> ``[H, W]`` background channel of its own.
         dtype: storage dtype ("float16" or "float32").
     """
     keys_arr = np.asarray(keys, dtype=np.int64).reshape(-1)
@@ -79,9 +99,9 @@ def save_cams(
     arrays: dict[str, np.ndarray] = {"keys": keys_arr}
     shape = None
     for name, value in cams.items():
-        if name == "keys":
-            raise ValueError("'keys' is reserved for the class indices and cannot name a CAM type")
-        arr = value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
+        if name == "keys" or name.endswith(BG_SUFFIX):
+            raise ValueError(f"{name!r} cannot name a CAM type ('keys' and '*{BG_SUFFIX}' are reserved)")
+        arr = _numpy(value)
         if arr.ndim != 3 or arr.shape[0] != keys_arr.size:
             raise ValueError(
                 f"CAM {name!r} must be [n={keys_arr.size}, H, W] (one channel per key), got {arr.shape}"
@@ -90,12 +110,23 @@ def save_cams(
             raise ValueError(f"CAM {name!r} has shape {arr.shape}, the others {shape}")
         shape = arr.shape
         arrays[name] = arr.astype(dtype, copy=False)
+    for name, value in (backgrounds or {}).items():
+        arr = _numpy(value)
+        if name not in cams:
+            raise ValueError(f"background of {name!r} given, but there is no CAM {name!r}")
+        if shape is not None and arr.shape != shape[1:]:
+            raise ValueError(f"background of {name!r} must be [H, W] = {shape[1:]}, got {arr.shape}")
+        arrays[name + BG_SUFFIX] = arr.astype(dtype, copy=False)
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as handle:
             np.savez(handle, **arrays)
 
     return atomic_write(path, write)
+
+
+def _numpy(value: Any) -> np.ndarray:
+    return value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
 
 
 def load_cams(path: str | os.PathLike) -> CamRecord:
@@ -112,12 +143,21 @@ def load_cams(path: str | os.PathLike) -> CamRecord:
     if "keys" not in arrays or len(arrays) < 2:
         raise DataError(f"CAM file {path} must hold 'keys' and at least one CAM array, has {sorted(arrays)}")
     keys = arrays.pop("keys").astype(np.int64).reshape(-1)
-    cams = {}
+    cams, backgrounds = {}, {}
     for name, arr in arrays.items():
+        if name.endswith(BG_SUFFIX):
+            backgrounds[name[: -len(BG_SUFFIX)]] = arr.astype(np.float32)
+            continue
         if arr.ndim != 3 or arr.shape[0] != keys.size:
             raise DataError(f"CAM file {path}: {name!r} has shape {arr.shape}, expected [{keys.size}, H, W]")
         cams[name] = arr.astype(np.float32)
-    return CamRecord(keys=keys, cams=cams)
+    if not cams:
+        raise DataError(f"CAM file {path} holds no CAM array, only {sorted(arrays)}")
+    for name, arr in backgrounds.items():
+        size = next(iter(cams.values())).shape[1:]
+        if name not in cams or arr.shape != size:
+            raise DataError(f"CAM file {path}: background of {name!r} has shape {arr.shape}, expected {size}")
+    return CamRecord(keys=keys, cams=cams, backgrounds=backgrounds)
 
 
 def write_cam_meta(cam_dir: str | os.PathLike, meta: Mapping[str, Any]) -> Path:
@@ -137,7 +177,7 @@ def load_cam_meta(cam_dir: str | os.PathLike) -> dict[str, Any]:
     for key in ("classes", "background", "cam_keys"):
         if key not in meta:
             raise DataError(f"{path} has no {key!r} entry")
-    if meta.get("format_version") != FORMAT_VERSION:
+    if meta.get("format_version") not in READABLE_VERSIONS:
         raise DataError(f"{path}: unsupported format_version {meta.get('format_version')!r}")
     return meta
 

@@ -45,6 +45,7 @@ from weakseg.losses.multilabel import multilabel_soft_margin_loss
 from weakseg.losses.partial_ce import partial_cross_entropy
 from weakseg.losses.resample import nearest_resize
 from weakseg.methods.base import Method, register_method
+from weakseg.methods.cam import check_tag_variety
 from weakseg.models.classifier import foreground_indices, insert_background
 from weakseg.postprocess.crf import CRFParams
 
@@ -154,6 +155,11 @@ class AAL(Method):
             crf=params.crf,  # type: ignore[arg-type]
             crf_params=CRFParams.pseudo_label(scale=params.crf_scale, num_iters=params.crf_iters),
         )
+
+    def fit_dataset(self, dataset: Any, *, batch_size: int, progress: bool = True) -> dict[str, Any]:
+        """Warn when the training tags hardly vary (:func:`~weakseg.methods.cam.check_tag_variety`, as
+        ``cam`` and ``sfc``); returns ``{"dominant_tags": {class name: share}}``."""
+        return {"dominant_tags": check_tag_variety(self.name, dataset, self.background, progress=progress)}
 
     # ------------------------------------------------------------------ schedule
 

@@ -60,6 +60,11 @@ class Method(nn.Module):
         it measured (logged in the run folder) or None."""
         return None
 
+    def log_values(self) -> dict[str, torch.Tensor]:
+        """Diagnostics of the last training step to log beside the loss terms: detached scalar tensors
+        (not optimised, no host synchronisation), e.g. SFC's collapse statistics. Default: none."""
+        return {}
+
     def dataset_maps(self) -> dict[str, Callable[[dict[str, np.ndarray]], np.ndarray]]:
         """Float maps this method needs in its training samples, ``{key: fn(raw_sample) -> float32 [H, W]}``.
 

@@ -13,6 +13,8 @@ Hooks this family of methods offers the engine (besides :class:`~weakseg.methods
 
 * :meth:`CAM.model_kwargs` (classmethod): extra keyword arguments for ``create_cam_classifier``
   derived from the method section (``bg_threshold``; SFC adds its heads).
+* :meth:`CAM.fit_dataset`: counts the training tags and warns (:func:`check_tag_variety`, shared by
+  every image-level method) when some foreground class is tagged in nearly every image.
 * :meth:`CAM.run_model`: the forward pass(es) of one training step (SFC runs two scales).
 * :meth:`CAM.class_maps`: per-image class maps for CAM inference tools.
 """
@@ -20,10 +22,12 @@ Hooks this family of methods offers the engine (besides :class:`~weakseg.methods
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -58,6 +62,121 @@ def tags_from_mask(mask: Tensor, num_classes: int, ignore_index: int) -> Tensor:
     return torch.bincount(values.flatten(), minlength=num_classes)[:num_classes].gt(0).float()
 
 
+# ---------------------------------------------------------------------------------------------- tags
+
+
+PIXEL_SOURCES = ("mask", "pseudo", "scribble")
+#: A foreground class tagged in more than this share of the training images makes tags nearly constant.
+DOMINANT_TAG_SHARE = 0.95
+
+
+@dataclass
+class ClassCounts:
+    """Training-set statistics over all ``K`` classes: ``images[k]`` samples tagged with ``k``;
+    ``pixels[k]`` labelled pixels of ``k`` in ``pixel_source`` label maps (None when not counted)."""
+
+    num_images: int
+    images: np.ndarray
+    pixels: np.ndarray | None = None
+    pixel_source: str | None = None
+
+
+def count_classes(dataset: Any, pixels: bool = False, progress: bool = True, workers: int = 8) -> ClassCounts:
+    """Count, over every sample of ``dataset``, the images tagged with each class and (``pixels``) the
+    labelled pixels of each class in its first available label maps (masks, pseudo-labels, scribbles).
+
+    Tags come from :meth:`~weakseg.data.base.SegDataset.tags_of` (a tags file, else label maps); label
+    maps are read raw, without transforms, by ``workers`` threads (file decoding releases the GIL;
+    COCO's 82k label maps would take minutes one by one). No CAM or model is involved.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm.auto import tqdm
+
+    from weakseg.io import read_label
+
+    k = int(dataset.num_classes)
+    n = len(dataset)
+    source = _pixel_source(dataset) if pixels else None
+
+    def count(i: int) -> tuple[np.ndarray, np.ndarray | None]:
+        tagged = np.asarray(dataset.tags_of(i)) > 0.5
+        if source is None:
+            return tagged, None
+        label = read_label(dataset.label_path(source, i))
+        return tagged, np.bincount(label.ravel(), minlength=256)[:k]
+
+    images = np.zeros(k, dtype=np.int64)
+    pixel_counts = np.zeros(k, dtype=np.int64) if source is not None else None
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        results = pool.map(count, range(n), chunksize=64)
+        for tagged, pix in tqdm(results, total=n, desc="class statistics", disable=not progress or n < 2000):
+            images += tagged
+            if pixel_counts is not None and pix is not None:
+                pixel_counts += pix
+    return ClassCounts(num_images=n, images=images, pixels=pixel_counts, pixel_source=source)
+
+
+def _pixel_source(dataset: Any) -> str | None:
+    """The first of masks / pseudo-labels / scribbles the dataset has files for (None: none)."""
+    for key in PIXEL_SOURCES:
+        try:
+            dataset.label_path(key, 0)
+        except (KeyError, AttributeError):
+            continue
+        return key
+    return None
+
+
+def dominant_tags(
+    counts: ClassCounts,
+    background: int | None,
+    class_names: Sequence[str] | None = None,
+    share: float = DOMINANT_TAG_SHARE,
+) -> dict[str, float]:
+    """Foreground classes tagged in more than ``share`` of the training images -> their share, by name
+    (class index as a string when ``class_names`` is None), most frequent first."""
+    if counts.num_images == 0:
+        return {}
+    names = list(class_names) if class_names is not None else [str(c) for c in range(len(counts.images))]
+    fg = foreground_indices(len(counts.images), background)
+    shares = {names[c]: float(counts.images[c]) / counts.num_images for c in fg}
+    return dict(sorted(((n, v) for n, v in shares.items() if v > share), key=lambda item: -item[1]))
+
+
+def check_tag_variety(
+    method: str,
+    dataset: Any,
+    background: int | None,
+    counts: ClassCounts | None = None,
+    *,
+    share: float = DOMINANT_TAG_SHARE,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Warn when the training tags hardly vary; returns :func:`dominant_tags` of the training set.
+
+    An image-level method learns where a class is by contrasting images tagged with it against images
+    without it. A foreground class tagged in more than ``share`` of the training images (CamVid's sky,
+    road and pole; 3 of ACDC's structures on most slices) gives it nothing to contrast, so its CAMs
+    (and the seeds and pseudo-labels made from them) are meaningless for that class. Called once with
+    the training set from the ``fit_dataset`` hook of every image-level method (``cam``, ``sfc``,
+    ``aal``); ``counts`` reuses a :func:`count_classes` result.
+    """
+    counts = counts if counts is not None else count_classes(dataset, progress=progress)
+    found = dominant_tags(counts, background, getattr(dataset, "classes", None), share)
+    if found:
+        listed = ", ".join(f"{name} ({100 * v:.0f}%)" for name, v in found.items())
+        warnings.warn(
+            f"{method}: the training tags hardly vary: {listed} tagged in more than {100 * share:.0f}% of "
+            f"the {counts.num_images} training images. An image-level method learns to localise a class only "
+            "from images without it, so the CAMs, seeds and pseudo-labels of these classes will be "
+            "meaningless; use a dataset whose tags vary (e.g. ../shared/data/voc-real or msrc-real)",
+            UserWarning,
+            stacklevel=3,
+        )
+    return found
+
+
 @register_method
 class CAM(Method):
     """Multi-label soft-margin classification of the foreground tags (term ``cls``)."""
@@ -87,6 +206,19 @@ class CAM(Method):
         """Keyword arguments for ``create_cam_classifier`` from the ``method`` config section."""
         return {"bg_threshold": float(params_from_spec(cls, spec).bg_threshold)}
 
+    def fit_dataset(self, dataset: Any, *, batch_size: int, progress: bool = True) -> dict[str, Any]:
+        """Count the training tags and warn when they hardly vary (:func:`check_tag_variety`).
+
+        Returns ``{"num_images", "images": [...] (per foreground class), "dominant_tags": {name: share}}``.
+        """
+        counts = count_classes(dataset, progress=progress)
+        dominant = check_tag_variety(self.name, dataset, self.background, counts, progress=progress)
+        return {
+            "num_images": counts.num_images,
+            "images": counts.images[self.fg_index.cpu().numpy()].astype(int).tolist(),
+            "dominant_tags": dominant,
+        }
+
     def run_model(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
         """The model outputs of one training step: one forward pass on ``batch["image"]``."""
         return model(batch["image"])
@@ -104,33 +236,32 @@ class CAM(Method):
     # ------------------------------------------------------------------ CAMs
 
     def class_maps(self, outputs: dict[str, Any], tags: Tensor | None = None) -> dict[str, Tensor]:
-        """Non-negative class maps ``[B, K, h, w]`` on the CAM grid, not normalised.
+        """Non-negative class maps on the CAM grid, not normalised.
 
-        ``"cam"``: ``ReLU(cam)`` in the foreground channels; the background channel (if any) is 0 (a CAM
-        has no background score: threshold the normalised maps). ``tags`` is not used here.
+        ``"cam"``: ``ReLU(cam)`` ``[B, C, h, w]``, the foreground classes only (a CAM has no background
+        score of its own: the seed rules put a constant beside the normalised maps). ``tags`` is not used.
         """
-        cam = F.relu(outputs["cam"].float())
-        if self.background is None:
-            return {"cam": cam}
-        zero = torch.zeros_like(cam[:, :1])
-        return {"cam": torch.cat([cam[:, : self.background], zero, cam[:, self.background :]], dim=1)}
+        return {"cam": F.relu(outputs["cam"].float())}
 
-    def seed_scores(self, outputs: dict[str, Any], tags: Tensor, size: tuple[int, int]) -> dict[str, Tensor]:
-        """Scores ``[B, K, *size]`` whose arg-max is the CAM seed, by map name (the first picks checkpoints).
-
-        ``"cam"``: the foreground CAMs upsampled to ``size`` (bilinear), max-normalised, untagged classes
-        excluded, background = ``bg_threshold`` (:func:`~weakseg.models.classifier.cam_seed_logits`).
-        """
-        fg = self.class_maps(outputs, tags)["cam"].index_select(1, self.fg_index)
-        fg = F.interpolate(fg, size=size, mode="bilinear", align_corners=False)
-        scores = cam_seed_logits(
+    def raw_cam_scores(self, outputs: dict[str, Any], tags: Tensor, size: tuple[int, int]) -> Tensor:
+        """IRN's seed scores ``[B, K, *size]`` of the raw classifier CAM: the foreground CAMs upsampled to
+        ``size`` (bilinear), max-normalised, untagged classes excluded, background = ``bg_threshold``
+        (:func:`~weakseg.models.classifier.cam_seed_logits`). The same rule for every image-level method."""
+        fg = F.interpolate(F.relu(outputs["cam"].float()), size=size, mode="bilinear", align_corners=False)
+        return cam_seed_logits(
             fg,
             num_classes=self.num_classes,
             background=self.background,
             bg_threshold=self.params.bg_threshold,
             tags=tags,
         )
-        return {"cam": scores}
+
+    def seed_scores(self, outputs: dict[str, Any], tags: Tensor, size: tuple[int, int]) -> dict[str, Tensor]:
+        """Scores ``[B, K, *size]`` whose arg-max is the CAM seed, by map name (the first picks checkpoints).
+
+        ``"cam"``: :meth:`raw_cam_scores`.
+        """
+        return {"cam": self.raw_cam_scores(outputs, tags, size)}
 
     @torch.no_grad()
     def validate(

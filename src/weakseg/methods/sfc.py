@@ -28,6 +28,17 @@ of the label maps instead (an option; see :class:`SFCParams`).
 Settings that are not method parameters (set them in the config as ``configs/sfc/voc_r50.yaml`` does):
 gradient clipping at norm 1 (``optim.grad_clip``), SGD with the reference's effective momentum 1e-4,
 ResNet-50 at stride 16 without dilation, frozen stem/``layer1``/``layer2`` and BatchNorm statistics.
+
+Collapse diagnostics (every step, over the batch's own images, bank samples left out; datasets with a
+background class): ``sfc/empty_bg_prototype`` = the share of images without a single background seed
+(their background prototype is 0, so ``M_P``'s background channel is 0 and ``L_P_DW`` pulls ``M_W``'s
+background towards 0) and ``sfc/bg_seed_share`` = the share of valid pixels seeded as background. They
+are detached device scalars (:meth:`SFC.log_values`, no host synchronisation); their per-step history
+is returned with the validation metrics (``"sfc_train_statistics"``, in the run's ``metrics.json``).
+
+Validation (:meth:`SFC.seed_scores`): single-scale seeds by SFC's rule (``M_W + M_P``, ``M_W``, ``M_P``
+with their own background, ``+ 0.4`` / ``x 2``; the first picks ``best.ckpt``) and, for comparison with
+``cam``, the raw classifier CAM by IRN's rule (``"cam"``, background score ``bg_threshold``).
 """
 
 from __future__ import annotations
@@ -55,12 +66,17 @@ from weakseg.losses.sfc import (
     seed_masks,
 )
 from weakseg.methods.base import register_method
-from weakseg.methods.cam import CAM, params_from_spec
+from weakseg.methods.cam import (  # noqa: F401  (ClassCounts, count_classes: re-exported)
+    CAM,
+    ClassCounts,
+    check_tag_variety,
+    count_classes,
+    params_from_spec,
+)
 from weakseg.methods.image_bank import ImageBank
 from weakseg.models.classifier import DEFAULT_BG_THRESHOLD, insert_background
 
 DC_COUNTS = ("images", "pixels", "uniform")
-PIXEL_SOURCES = ("mask", "pseudo", "scribble")
 
 
 @dataclass
@@ -83,7 +99,8 @@ class SFCParams:
             warning when the dataset has none; with ground-truth masks this uses pixel supervision an
             image-level method would not have) or ``"uniform"`` (``DC_c = 1``, the paper's ablation).
         dc_bank_factor: the factor 3 of the reference's bank correction ``660 * 4 * 3 / 20`` (0: none).
-        bg_threshold: background score of the model's tag-free ``"logits"`` (not used by validation).
+        bg_threshold: background score of the model's tag-free ``"logits"`` and of the raw-CAM validation
+            seeds (``mIoU_cam``, IRN's rule, as the ``cam`` method validates).
         seed_bg_offset, seed_fg_scale: validation seeds as SFC's inference scores them: on max-normalised
             maps the background channel gets ``+ 0.4`` and foreground channels ``x 2``
             (:func:`sfc_seed_scores`).
@@ -114,66 +131,6 @@ def _check_params(p: SFCParams) -> None:
         raise ValueError("method.bank_draws, pcm_iterations and dc_bank_factor must be >= 0")
     if not p.side_channels or min(p.side_channels) < 1:
         raise ValueError(f"method.side_channels must be positive widths, got {p.side_channels}")
-
-
-@dataclass
-class ClassCounts:
-    """Training-set statistics over all ``K`` classes: ``images[k]`` samples tagged with ``k``;
-    ``pixels[k]`` labelled pixels of ``k`` in ``pixel_source`` label maps (None when not counted)."""
-
-    num_images: int
-    images: np.ndarray
-    pixels: np.ndarray | None = None
-    pixel_source: str | None = None
-
-
-def count_classes(dataset: Any, pixels: bool = False, progress: bool = True, workers: int = 8) -> ClassCounts:
-    """Count, over every sample of ``dataset``, the images tagged with each class and (``pixels``) the
-    labelled pixels of each class in its first available label maps (masks, pseudo-labels, scribbles).
-
-    Tags come from :meth:`~weakseg.data.base.SegDataset.tags_of` (a tags file, else label maps); label
-    maps are read raw, without transforms, by ``workers`` threads (file decoding releases the GIL;
-    COCO's 82k label maps would take minutes one by one). No CAM or model is involved.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    from tqdm.auto import tqdm
-
-    from weakseg.io import read_label
-
-    k = int(dataset.num_classes)
-    n = len(dataset)
-    source = _pixel_source(dataset) if pixels else None
-
-    def count(i: int) -> tuple[np.ndarray, np.ndarray | None]:
-        tagged = np.asarray(dataset.tags_of(i)) > 0.5
-        if source is None:
-            return tagged, None
-        label = read_label(dataset.label_path(source, i))
-        return tagged, np.bincount(label.ravel(), minlength=256)[:k]
-
-    images = np.zeros(k, dtype=np.int64)
-    pixel_counts = np.zeros(k, dtype=np.int64) if source is not None else None
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = pool.map(count, range(n), chunksize=64)
-        for tagged, pix in tqdm(
-            results, total=n, desc="sfc: class statistics", disable=not progress or n < 2000
-        ):
-            images += tagged
-            if pixel_counts is not None and pix is not None:
-                pixel_counts += pix
-    return ClassCounts(num_images=n, images=images, pixels=pixel_counts, pixel_source=source)
-
-
-def _pixel_source(dataset: Any) -> str | None:
-    """The first of masks / pseudo-labels / scribbles the dataset has files for (None: none)."""
-    for key in PIXEL_SOURCES:
-        try:
-            dataset.label_path(key, 0)
-        except (KeyError, AttributeError):
-            continue
-        return key
-    return None
 
 
 def sfc_seed_scores(
@@ -214,6 +171,8 @@ class SFC(CAM):
         self.class_counts: ClassCounts | None = None
         self._fitted = params.dc_counts == "uniform"
         self.register_load_state_dict_post_hook(_mark_fitted)
+        self._last_stats: dict[str, Tensor] = {}
+        self._stat_history: list[tuple[int, Tensor]] = []  # (step, [2] detached device tensor)
 
     # ------------------------------------------------------------------ engine hooks
 
@@ -230,14 +189,17 @@ class SFC(CAM):
             dataset: the training :class:`~weakseg.data.base.SegDataset` (tags, optional label maps).
             batch_size: samples per step and process (the bank appends ``bank_draws`` per process).
 
-        Returns ``{"images": [...], "pixels": [...] | None, "pixel_source", "extra", "dc": [...]}`` over the
-        foreground classes, for logging.
+        Also warns when the training tags hardly vary (:func:`~weakseg.methods.cam.check_tag_variety`).
+
+        Returns ``{"images": [...], "pixels": [...] | None, "pixel_source", "extra", "dc": [...],
+        "dominant_tags": {...}}`` over the foreground classes, for logging.
         """
         p = self.params
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         counts = count_classes(dataset, pixels=p.dc_counts == "pixels", progress=progress)
         self.class_counts = counts
+        dominant = check_tag_variety(self.name, dataset, self.background, counts, progress=progress)
         fg = self.fg_index.cpu().numpy()
         images = counts.images[fg].astype(np.float64)
         freq = images
@@ -265,6 +227,7 @@ class SFC(CAM):
             "pixel_source": counts.pixel_source,
             "extra": extra,
             "dc": dc.tolist(),
+            "dominant_tags": dominant,
         }
 
     def set_class_weights(self, dc: Tensor) -> None:
@@ -318,11 +281,48 @@ class SFC(CAM):
             maps = maps * region
         return pcm_propagate(maps, outputs["pcm_embedding"].float(), self.params.pcm_iterations)
 
-    def prototype_cam(self, outputs: dict[str, Any], cam_w: Tensor, region: Tensor) -> Tensor:
-        """``M_P`` ``[B, K, h, w]``: ``ReLU(cos)`` to prototypes pooled under the seeds of ``cam_w``."""
+    def prototype_cam(
+        self, outputs: dict[str, Any], cam_w: Tensor, region: Tensor, seeds: Tensor | None = None
+    ) -> Tensor:
+        """``M_P`` ``[B, K, h, w]``: ``ReLU(cos)`` to prototypes pooled under the seeds of ``cam_w``
+        (:meth:`seeds` unless given)."""
         side = outputs["side_embedding"].float()
-        seeds = seed_masks(cam_w, region, self.background, self.params.bg_seed_scale)
+        if seeds is None:
+            seeds = self.seeds(cam_w, region)
         return prototype_cam(side, class_prototypes(seeds, side))
+
+    def seeds(self, cam_w: Tensor, region: Tensor) -> Tensor:
+        """One-hot prototype seeds ``[B, K, h, w]`` of ``M_W`` (background x ``bg_seed_scale``, arg-max,
+        times ``region``), no gradient."""
+        return seed_masks(cam_w, region, self.background, self.params.bg_seed_scale)
+
+    def seed_statistics(self, seeds: Tensor, region: Tensor, num_images: int) -> dict[str, Tensor]:
+        """Collapse diagnostics of the first ``num_images`` images (detached scalars; {} without a
+        background class): ``sfc/empty_bg_prototype``, the share of images without any background seed,
+        and ``sfc/bg_seed_share``, the share of their valid pixels seeded as background."""
+        if self.background is None:
+            return {}
+        with torch.no_grad():
+            bg = seeds[:num_images, self.background].flatten(1)
+            valid = region[:num_images, self.background].flatten(1)  # the crop (background label is 1)
+            empty = (bg.sum(1) == 0).float().mean()
+            share = bg.sum() / valid.sum().clamp_min(1.0)
+        return {"sfc/empty_bg_prototype": empty, "sfc/bg_seed_share": share}
+
+    def log_values(self) -> dict[str, Tensor]:
+        """The collapse diagnostics of the last training step (see the module doc)."""
+        return dict(self._last_stats)
+
+    def training_statistics(self) -> dict[str, list[float]]:
+        """Per-step history of :meth:`seed_statistics` in this process (empty before any step)."""
+        if not self._stat_history:
+            return {}
+        values = torch.stack([v for _, v in self._stat_history]).cpu().tolist()
+        return {
+            "step": [step for step, _ in self._stat_history],
+            "empty_bg_prototype": [v[0] for v in values],
+            "bg_seed_share": [v[1] for v in values],
+        }
 
     def _region(self, labels: Tensor, valid: Tensor | None, grid: tuple[int, int]) -> Tensor:
         """``[B, K, h, w]``: valid pixels (nearest-resized to ``grid``) times the channel labels."""
@@ -333,44 +333,71 @@ class SFC(CAM):
         return region * v
 
     def class_maps(self, outputs: dict[str, Any], tags: Tensor | None = None) -> dict[str, Tensor]:
-        """Inference maps ``[B, K, h, w]`` as SFC's ``make_cam.py`` builds them (not normalised).
+        """Inference maps as SFC's ``make_cam.py`` builds them (not normalised).
 
-        ``"M_W"``: tag-free ``M_W`` (no region mask), PCM-refined. ``"M_P"``: the prototype CAM, with seeds
-        restricted to the classes of ``tags`` (``[B, K]``; required) and the background.
+        ``"cam"``: the raw classifier CAM ``ReLU(cam)`` ``[B, C, h, w]`` (foreground only, as the ``cam``
+        method's, so both are scored by the same rule). ``"M_W"`` ``[B, K, h, w]``: tag-free ``M_W`` (no
+        region mask), PCM-refined, with its own background channel. ``"M_P"`` ``[B, K, h, w]``: the
+        prototype CAM, with seeds restricted to the classes of ``tags`` (``[B, K]``; required) and the
+        background.
         """
         if tags is None:
             raise ValueError("sfc: class_maps needs the image tags (prototypes of the present classes)")
         with torch.autocast(device_type=outputs["cam"].device.type, enabled=False):
             cam_w = self.classifier_cam(outputs, None)
             region = self._region(self.channel_labels(tags), None, tuple(cam_w.shape[-2:]))
-            return {"M_W": cam_w, "M_P": self.prototype_cam(outputs, cam_w, region)}
+            return {
+                "cam": F.relu(outputs["cam"].float()),
+                "M_W": cam_w,
+                "M_P": self.prototype_cam(outputs, cam_w, region),
+            }
 
     @property
     def seed_rule(self) -> str:
         return (
-            "SFC make_cam/eval_cam: per-channel max-normalised maps, background "
+            "M_W+M_P, M_W, M_P: SFC make_cam/eval_cam, per-channel max-normalised maps, their own background "
             f"+{self.params.seed_bg_offset}, foreground x{self.params.seed_fg_scale}, arg-max over "
-            "background and tagged classes"
+            "background and tagged classes; cam: the raw classifier CAM, background where all tagged classes "
+            f"are below {self.params.bg_threshold} (IRN, as the cam method)"
         )
 
     def seed_scores(self, outputs: dict[str, Any], tags: Tensor, size: tuple[int, int]) -> dict[str, Tensor]:
-        """``"M_W+M_P"`` (the paper's combination: the sum of the two below), ``"M_W"`` and ``"M_P"``.
+        """``"M_W+M_P"`` (the paper's combination: the sum of the two below), ``"M_W"``, ``"M_P"`` and
+        ``"cam"``.
 
-        Each map's seed scores are :func:`sfc_seed_scores` of its upsampled ``[B, K, *size]`` maps: the
-        maps' own background channel decides background, as SFC's inference and evaluation do.
+        The first three are :func:`sfc_seed_scores` of the upsampled ``[B, K, *size]`` maps: the maps'
+        own background channel decides background, as SFC's inference and evaluation do. ``"cam"`` is
+        :meth:`~weakseg.methods.cam.CAM.raw_cam_scores` (IRN's rule, the ``cam`` method's validation).
         """
         p = self.params
+        maps = self.class_maps(outputs, tags)
         scores = {
             name: sfc_seed_scores(
-                F.interpolate(maps, size=size, mode="bilinear", align_corners=False),
+                F.interpolate(maps[name], size=size, mode="bilinear", align_corners=False),
                 tags,
                 self.background,
                 bg_offset=p.seed_bg_offset,
                 fg_scale=p.seed_fg_scale,
             )
-            for name, maps in self.class_maps(outputs, tags).items()
+            for name in ("M_W", "M_P")
         }
-        return {"M_W+M_P": scores["M_W"] + scores["M_P"], **scores}
+        return {
+            "M_W+M_P": scores["M_W"] + scores["M_P"],
+            **scores,
+            "cam": self.raw_cam_scores(outputs, tags, size),
+        }
+
+    @torch.no_grad()
+    def validate(
+        self, model: nn.Module, dataset: Any, eval_cfg: Any, device: torch.device
+    ) -> dict[str, Any] | None:
+        """:meth:`~weakseg.methods.cam.CAM.validate`, plus ``"sfc_train_statistics"`` (the per-step
+        collapse diagnostics so far, see :meth:`training_statistics`) once training has run."""
+        metrics = super().validate(model, dataset, eval_cfg, device)
+        history = self.training_statistics()
+        if metrics is not None and history:
+            metrics["sfc_train_statistics"] = history
+        return metrics
 
     # ------------------------------------------------------------------ loss
 
@@ -394,7 +421,12 @@ class SFC(CAM):
         with torch.autocast(device_type=outputs["cam"].device.type, enabled=False):
             region = self._region(labels, valid, tuple(outputs["cam"].shape[-2:]))
             cam_w = self.classifier_cam(outputs, region)
-            cam_p = self.prototype_cam(outputs, cam_w, region)
+            seeds = self.seeds(cam_w, region)
+            cam_p = self.prototype_cam(outputs, cam_w, region, seeds)
+            own_images = tags.shape[0] - int(batch.get("num_bank", 0))
+            self._last_stats = self.seed_statistics(seeds, region, own_images)
+            if self._last_stats and self.training:
+                self._stat_history.append((self.step + 1, torch.stack(list(self._last_stats.values()))))
             weights = torch.ones(self.num_classes, device=cam_w.device)
             weights[self.fg_index] = self.dc_weights
             msdw_p = prototype_consistency_loss(cam_w, cam_p, weights)
