@@ -100,16 +100,17 @@ def test_remove_dilation_keeps_weights_and_sizes() -> None:
 
 
 def test_resnet50_as_sfc_configures_it() -> None:
-    model = create_cam_classifier("resnet50", num_classes=21, frozen_stages=3, freeze_bn=True, pcm=True,
-                                  side_channels=[128, 128, 256, 256])  # fmt: skip
+    # torchvision's ImageNet weights through timm's tag, as IRN/SFC (not fetched here: pretrained=None)
+    model = create_cam_classifier("resnet50.tv_in1k", num_classes=21, frozen_stages=3, freeze_bn=True,
+                                  pcm=True, side_channels=[128, 128, 256, 256])  # fmt: skip
+    assert model.backbone.name == "resnet50.tv_in1k"
+    assert model.backbone.model.pretrained_cfg["tag"] == "tv_in1k"
     conv2 = model.backbone.model.layer4[1].conv2
     assert conv2.dilation == (1, 1) and conv2.padding == (1, 1) and model.output_stride == 16
     for name, p in model.backbone.model.named_parameters():
-        frozen = (
-            name.split(".")[0] in ("conv1", "bn1", "layer1", "layer2")
-            or ".bn" in name
-            or "downsample.1" in name
-        )
+        # stem, layer1 and layer2 frozen; the BatchNorm gamma/beta of layer3/layer4 train (IRN's optimiser
+        # includes them; only their statistics are fixed)
+        frozen = name.split(".")[0] in ("conv1", "bn1", "layer1", "layer2")
         assert p.requires_grad != frozen, name
     groups = model.param_groups()
     head = {id(p) for p in groups["head"]}
@@ -139,3 +140,23 @@ def test_gradient_paths_of_the_sfc_heads(lite: CAMClassifier) -> None:
 def test_side_channels_must_match_the_levels() -> None:
     with pytest.raises(ValueError, match="levels"):
         create_cam_classifier("efficientnet_lite0", num_classes=3, side_channels=[8, 8])
+
+
+def test_freeze_bn_fixes_statistics_and_trains_gamma_beta() -> None:
+    torch.manual_seed(0)
+    model = create_cam_classifier(
+        "efficientnet_lite0", num_classes=4, frozen_stages=1, freeze_bn=True
+    ).train()
+    bns = {n: m for n, m in model.backbone.model.named_modules() if isinstance(m, nn.BatchNorm2d)}
+    assert all(not m.training for m in bns.values())  # statistics fixed even in train mode
+    stem, deep = bns["bn1"], bns["blocks.6.0.bn1"]
+    assert not stem.weight.requires_grad and deep.weight.requires_grad and deep.bias.requires_grad
+    before = {n: m.running_mean.clone() for n, m in bns.items()}
+    out = model(torch.rand(2, 3, 64, 64))
+    out["cls_logits"].sum().backward()
+    assert all(torch.equal(m.running_mean, before[n]) for n, m in bns.items())
+    assert deep.weight.grad is not None and deep.weight.grad.abs().sum() > 0 and stem.weight.grad is None
+    loose = create_cam_classifier("efficientnet_lite0", num_classes=4, freeze_bn=False).train()
+    assert all(m.training for m in loose.modules() if isinstance(m, nn.BatchNorm2d))
+    with pytest.raises(ValueError, match="unknown backbone"):
+        create_cam_classifier("resnet999.tv_in1k", num_classes=4)

@@ -33,6 +33,7 @@ model (see :func:`weakseg.models.weights.load_pretrained`).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -218,12 +219,32 @@ def create_backbone(
 ) -> Backbone:
     """Build the backbone registered as ``name``; ``kwargs`` go to its factory (ViTs: ``out_indices``).
 
+    A CNN name may carry a timm weight tag, ``<name>.<tag>``: ``resnet50.tv_in1k`` is ``resnet50`` whose
+    ``pretrained="imagenet"`` fetches timm's ``resnet50.tv_in1k`` (torchvision's weights, the ones IRN,
+    SIPE and SFC start from) instead of timm's default ``resnet50`` weights.
+
     Raises:
         ValueError: unknown name or unsupported ``output_stride``.
         weakseg.models.weights.WeightsError: a weights file that is missing or does not fit.
     """
+    base, _, tag = name.partition(".")
+    if name not in BACKBONES and tag and base in CNN_SPECS:
+        spec = CNN_SPECS[base]
+        tagged = dataclasses.replace(spec, timm_name=f"{spec.timm_name}.{tag}", imagenet=None)
+        return create_cnn_backbone(
+            name,
+            tagged,
+            pretrained=pretrained,
+            output_stride=output_stride,
+            frozen_stages=frozen_stages,
+            freeze_bn=freeze_bn,
+            **kwargs,
+        )
     if name not in BACKBONES:
-        raise ValueError(f"unknown backbone '{name}'; available: {', '.join(available_backbones())}")
+        raise ValueError(
+            f"unknown backbone '{name}'; available: {', '.join(available_backbones())} (CNNs also as "
+            "<name>.<timm weight tag>, e.g. resnet50.tv_in1k)"
+        )
     return BACKBONES[name](
         pretrained=pretrained,
         output_stride=output_stride,
@@ -269,6 +290,13 @@ EFFICIENTNET_LITE0 = CnnSpec(
     convert=_convert_efficientnet,
     imagenet=efficientnet_lite0_package_state_dict,
 )
+
+#: The CNN specs by registry name, for ``<name>.<timm weight tag>`` backbone names.
+CNN_SPECS: dict[str, CnnSpec] = {
+    "resnet50": RESNET50,
+    "resnet101": RESNET101,
+    "efficientnet_lite0": EFFICIENTNET_LITE0,
+}
 
 
 def _check_local_file(pretrained: Pretrained) -> None:

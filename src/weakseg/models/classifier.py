@@ -41,6 +41,7 @@ __all__ = [
     "cam_seed_logits",
     "class_activation",
     "create_cam_classifier",
+    "fix_bn_statistics",
     "foreground_indices",
     "insert_background",
     "remove_dilation",
@@ -133,6 +134,17 @@ def remove_dilation(module: nn.Module) -> int:
         conv.padding = tuple((k - 1) // 2 for k in conv.kernel_size)
         changed += 1
     return changed
+
+
+def fix_bn_statistics(backbone: Backbone) -> Backbone:
+    """Keep every BatchNorm of ``backbone`` in eval mode (running statistics fixed, IRN's
+    ``FixedBatchNorm``) without freezing its affine parameters: γ and β of the trainable stages still
+    learn, as in IRN / SIPE / SFC, whose optimisers include the BatchNorm weights of ``layer3`` and
+    ``layer4`` (only ``conv1``/``bn1`` are frozen, and ``layer1``/``layer2`` through the detach, i.e.
+    ``frozen_stages``). Returns ``backbone``."""
+    backbone.freeze_bn = True  # Backbone.train() keeps its BatchNorms in eval mode from now on
+    backbone.train(backbone.training)
+    return backbone
 
 
 class CAMClassifier(BackboneNetwork):
@@ -244,13 +256,18 @@ def create_cam_classifier(
     """Build a :class:`CAMClassifier`.
 
     Args:
-        backbone: a registered backbone name (``resnet50`` for SFC, ``efficientnet_lite0`` for CPU runs).
+        backbone: a registered backbone name (``resnet50`` for SFC, ``efficientnet_lite0`` for CPU runs),
+            optionally with a timm weight tag: ``resnet50.tv_in1k`` / ``resnet101.tv_in1k`` are the
+            torchvision ImageNet weights IRN and SFC start from.
         num_classes: ``K``, all classes of the dataset including the background.
         pretrained: ``None``, ``"imagenet"`` or a local weights file for the backbone.
         output_stride: deepest-level stride (16 for IRN/SIPE/SFC).
-        frozen_stages, freeze_bn: backbone freezing (see :class:`~weakseg.models.backbones.Backbone`).
+        frozen_stages: frozen leading stages (see :class:`~weakseg.models.backbones.Backbone`).
             IRN/SIPE/SFC detach the output of ResNet ``layer2``, so stem, ``layer1`` and ``layer2`` never
-            learn: ``frozen_stages=3`` reproduces that; their BatchNorm statistics are fixed (``freeze_bn``).
+            learn: ``frozen_stages=3`` reproduces that.
+        freeze_bn: fix the BatchNorm *statistics* only (:func:`fix_bn_statistics`, IRN's
+            ``FixedBatchNorm``); the affine γ/β of the stages that are not frozen keep training, as in
+            the reference code. (Segmentors' ``freeze_bn`` also freezes γ/β.)
         background: background class index, or None (then every class has a CAM channel).
         bg_threshold: background score of the tag-free ``"logits"``.
         dilated: keep timm's dilated stride-capped stages; False (default) removes the dilation as in
@@ -263,9 +280,11 @@ def create_cam_classifier(
         pretrained=pretrained,
         output_stride=output_stride,
         frozen_stages=frozen_stages,
-        freeze_bn=freeze_bn,
+        freeze_bn=False,  # statistics only, below
         **dict(backbone_kwargs or {}),
     )
+    if freeze_bn:
+        fix_bn_statistics(body)
     if not dilated:
         remove_dilation(body)
     return CAMClassifier(
