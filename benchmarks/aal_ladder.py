@@ -164,7 +164,7 @@ def main() -> None:
     for variant in args.variants:
         cfg = config_for(variant, args, out)
         started = time.perf_counter()
-        result = train(cfg, device=str(device), progress=not args.quiet)
+        result = train(cfg, device=str(device), progress=not args.quiet, overwrite=True)
         wall = time.perf_counter() - started
         log = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
         joint_from = cfg.method["cls_warmup"] * cfg.train.steps

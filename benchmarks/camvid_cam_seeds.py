@@ -80,7 +80,7 @@ def train_method(method: str, args: argparse.Namespace, run_dir: Path) -> dict:
         ],
     )
     started = time.monotonic()
-    result = train(cfg, device=args.device, progress=not args.quiet)
+    result = train(cfg, device=args.device, progress=not args.quiet, overwrite=True)
     return {"train_s": time.monotonic() - started, "val_seed_mIoU_single_scale": result.metrics.get("mIoU")}
 
 

@@ -96,15 +96,19 @@ def config_for(variant: str, dataset: str, root: Path, args: argparse.Namespace,
     return load_config(path, overrides)
 
 
-def scribble_tag_pseudo_labels(dataset: str, root: Path, args: argparse.Namespace, out: Path) -> Path:
-    """CDSP's first stage: CAM pseudo-labels from the tags of the scribbles; returns the label folder."""
+def scribble_tag_pseudo_labels(
+    cam_config: str | Path, root: Path, args: argparse.Namespace, stage: Path
+) -> tuple[Path, dict]:
+    """CDSP's first stage in ``stage``: CAM pseudo-labels from the tags of the scribbles.
+
+    Returns the label folder and the labels' quality against the train masks (mIoU, coverage, ...).
+    """
     from weakseg.cam.pseudo_labels import PseudoLabelParams, make_pseudo_labels
     from weakseg.cli_cam import make_cams
     from weakseg.data import FolderDataset
 
-    stage = out / "cdsp_stage1"
     cfg = load_config(
-        ROOT / "configs" / "cam" / f"{dataset}_effnetlite0.yaml",
+        cam_config,
         [
             f"data.root={root}",
             "data.tags=scribbles",
@@ -121,7 +125,7 @@ def scribble_tag_pseudo_labels(dataset: str, root: Path, args: argparse.Namespac
     )
     start = time.perf_counter()
     if not (stage / "cam" / "last.ckpt").is_file():  # a finished classifier is reused
-        train(cfg, device="cpu", progress=False)
+        train(cfg, device="cpu", progress=False, overwrite=True)  # a classifier that never finished
     scales = "_".join(f"{s:g}" for s in args.cdsp_cam_scales)
     cams, _ = make_cams(
         stage / "cam" / "last.ckpt", stage / f"cams_{scales}", split="train", scales=args.cdsp_cam_scales,
@@ -137,7 +141,7 @@ def scribble_tag_pseudo_labels(dataset: str, root: Path, args: argparse.Namespac
         f"cdsp stage 1 ({time.perf_counter() - start:.0f} s): pseudo-labels vs train masks {quality}",
         flush=True,
     )
-    return stage / "pseudo_labels" / "pseudo"
+    return stage / "pseudo_labels" / "pseudo", quality
 
 
 def main() -> None:
@@ -169,13 +173,14 @@ def main() -> None:
     rows = {}
     pseudo_dir = None
     if any(VARIANTS[v][0] == "cdsp" for v in args.variants):
-        pseudo_dir = scribble_tag_pseudo_labels(args.dataset, root, args, out)
+        cam_config = ROOT / "configs" / "cam" / f"{args.dataset}_effnetlite0.yaml"
+        pseudo_dir, _ = scribble_tag_pseudo_labels(cam_config, root, args, out / "cdsp_stage1")
     for variant in args.variants:
         cfg = config_for(variant, args.dataset, root, args, out)
         if VARIANTS[variant][0] == "cdsp":
             cfg.data.pseudo_dir = str(pseudo_dir)
         start = time.perf_counter()
-        result = train(cfg, device="cpu", progress=False)
+        result = train(cfg, device="cpu", progress=False, overwrite=True)
         wall = time.perf_counter() - start
         log = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
         speeds = [r["images_per_s"] for r in log if "images_per_s" in r][1:]  # first window has warm-up

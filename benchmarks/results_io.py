@@ -16,7 +16,18 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
-REQUIRED = ("dataset", "variant", "method", "seed", "steps", "wall_time_s", "metric", "score", "per_class", "command")
+REQUIRED = (
+    "dataset",
+    "variant",
+    "method",
+    "seed",
+    "steps",
+    "wall_time_s",
+    "metric",
+    "score",
+    "per_class",
+    "command",
+)
 
 #: A run has reached its plateau when its validation scores over the last ``PLATEAU_FRACTION`` of the
 #: steps span at most ``PLATEAU_TOLERANCE`` (absolute, score units 0-1).

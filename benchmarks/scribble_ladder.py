@@ -13,7 +13,19 @@ cosine; validation every 100 steps):
   score = mean per-volume 3-D Dice (RV, Myo, LV) on val at 128x128 mapped back to the slice size.
   DFR's shallow kernel at scale 0.5 (a 64x64 grid).
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/scribble_ladder.py --dataset acdc-scribble --variant pce --seed 0
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/scribble_ladder.py \\
+        --dataset acdc-scribble --variant pce --seed 0
+
+- ``camvid``: scribbles simulated from the masks (``weakseg data simulate``, seed 0, made once under
+  ``runs/data``); images resized to 180x240, crops 160, scale 0.5-1.5, batch 8, 1500 steps; val mIoU at
+  180x240 mapped back.
+- ``voc-real``: real VOC images, scribbles simulated the same way; the CamVid configs' natural-image
+  settings with crops 192, scale 0.5-1.0, batch 8, 1500 steps; val mIoU at full size.
+
+``cdsp`` first runs its stage 1 once per dataset and seed (a ``cam`` classifier on the scribbles' tags for
+``--cdsp-cam-steps``, multi-scale + flip CAMs of the train split, ``weakseg pseudo-labels`` with
+pydensecrf), in ``runs/ladder/<dataset>/cdsp_stage1_seed<N>``; the pseudo-labels' quality against the
+train masks is stored in the result.
 
 Variants are those of ``quality_equal_budget.py`` (pce, full, rloss, gatedcrf, dfr_shallow, dfr_frozen,
 dfr_dynamic, dfr, cdsp, ...).
@@ -54,16 +66,95 @@ PROTOCOLS: dict[str, dict] = {
         ],
         "method_overrides": {"dfr": ["method.shallow_scale=0.5"]},
     },
+    "camvid": {
+        "config": "camvid_effnetlite0",
+        "source": f"{SHARED}/camvid",
+        "root": "runs/data/camvid-scribbles",
+        "metric": "mIoU",
+        "overrides": [
+            "data.resize=[180,240]",
+            "data.crop_size=[160,160]",
+            "eval.resize=[180,240]",
+            "train.batch_size=8",
+            "train.steps=1500",
+            "train.val_every=100",
+            "train.ckpt_every=100",
+        ],
+        "method_overrides": {},
+    },
+    "voc-real": {
+        "config": "camvid_effnetlite0",
+        "source": f"{SHARED}/voc-real",
+        "root": "runs/data/voc-real-scribbles",
+        "metric": "mIoU",
+        "overrides": [
+            "data.crop_size=[192,192]",
+            "data.scale_range=[0.5,1.0]",
+            "train.batch_size=8",
+            "train.steps=1500",
+            "train.val_every=100",
+            "train.ckpt_every=100",
+        ],
+        "method_overrides": {},
+    },
 }
 
 
-def run_command(dataset: str, variant: str, seed: int, run_dir: Path, workers: int, extra: list[str]) -> list[str]:
+def ensure_data(dataset: str) -> None:
+    """Simulate the scribbles of a dataset that has none (once; ``weakseg data simulate``, seed 0)."""
+    proto = PROTOCOLS[dataset]
+    if "source" in proto and not (Path(proto["root"]) / "dataset.json").is_file():
+        command = [
+            sys.executable,
+            "-m",
+            "weakseg",
+            "data",
+            "simulate",
+            proto["source"],
+            proto["root"],
+            "--seed",
+            "0",
+        ]
+        if Path(proto["root"]).exists():  # an interrupted simulation: its dataset.json is written last
+            command.append("--overwrite")
+        subprocess.run(command, check=True)
+
+
+def cdsp_stage1(dataset: str, seed: int, runs: Path, workers: int, cam_steps: int) -> tuple[Path, dict]:
+    """CDSP's pseudo-labels from the scribbles' tags (see the module doc): (label folder, their quality)."""
+    from types import SimpleNamespace
+
+    from quality_equal_budget import scribble_tag_pseudo_labels
+
+    proto = PROTOCOLS[dataset]
+    stage = runs / dataset / f"cdsp_stage1_seed{seed}"
+    shared = [
+        o for o in proto["overrides"] if not o.startswith(("train.steps", "train.val_every", "train.ckpt"))
+    ]
+    args = SimpleNamespace(
+        cdsp_cam_steps=cam_steps, batch_size=8, seed=seed, workers=workers, set=shared,
+        cdsp_cam_scales=[0.5, 1.0, 1.5], cdsp_crf="pydensecrf",
+    )  # fmt: skip
+    quality_file = stage / "pseudo_label_quality.json"
+    if not quality_file.is_file():
+        cam_config = f"configs/cam/{proto['config']}.yaml"
+        labels, quality = scribble_tag_pseudo_labels(cam_config, Path(proto["root"]), args, stage)
+        quality_file.write_text(json.dumps({"labels": str(labels), "quality": quality}))
+    record = json.loads(quality_file.read_text())
+    return Path(record["labels"]), record["quality"]
+
+
+def run_command(
+    dataset: str, variant: str, seed: int, run_dir: Path, workers: int, extra: list[str]
+) -> list[str]:
     """The ``weakseg train`` command line of this run (without ``--resume``)."""
     proto = PROTOCOLS[dataset]
     method, variant_overrides = VARIANTS[variant]
     config = ROOT / "configs" / method / f"{proto['config']}.yaml"
     switch = []
-    if not config.is_file():  # e.g. a method without its own config for this dataset: pce's with the method swapped
+    if (
+        not config.is_file()
+    ):  # e.g. a method without its own config for this dataset: pce's with the method swapped
         config = ROOT / "configs" / "pce" / f"{proto['config']}.yaml"
         switch = [f"method.name={method}"]
     overrides = [
@@ -82,7 +173,14 @@ def run_command(dataset: str, variant: str, seed: int, run_dir: Path, workers: i
 
 
 def summarise(
-    dataset: str, variant: str, seed: int, run_dir: Path, command: list[str], wall: float, results: Path
+    dataset: str,
+    variant: str,
+    seed: int,
+    run_dir: Path,
+    command: list[str],
+    wall: float,
+    results: Path,
+    extra: dict,
 ) -> Path:
     """Read the finished run folder and write its result JSON."""
     proto = PROTOCOLS[dataset]
@@ -114,25 +212,37 @@ def summarise(
         images_per_s=sum(speeds) / max(1, len(speeds)),
         mIoU=metrics["mIoU"],
         config_yaml=config,
+        **extra,
     )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--dataset", choices=sorted(PROTOCOLS), required=True)
     parser.add_argument("--variant", choices=sorted(VARIANTS), required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--runs", default="runs/ladder", help="parent of the run folders")
     parser.add_argument("--results", default=str(RESULTS), help="where the result JSON goes")
+    parser.add_argument("--cdsp-cam-steps", type=int, default=500, help="cdsp stage 1: CAM classifier steps")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra config overrides")
     args = parser.parse_args()
     os.chdir(ROOT)  # data roots, run folders and the recorded command are relative to the repository
 
+    ensure_data(args.dataset)
+    extra, stage1 = list(args.set), {}
+    if VARIANTS[args.variant][0] == "cdsp":
+        labels, quality = cdsp_stage1(
+            args.dataset, args.seed, Path(args.runs), args.workers, args.cdsp_cam_steps
+        )
+        extra.append(f"data.pseudo_dir={labels}")
+        stage1 = {"cdsp_stage1": {"cam_steps": args.cdsp_cam_steps, "pseudo_label_quality": quality}}
     run_dir = Path(args.runs) / args.dataset / f"{args.variant}_seed{args.seed}"
     if run_dir.is_absolute() and run_dir.is_relative_to(ROOT):
         run_dir = run_dir.relative_to(ROOT)
-    command = run_command(args.dataset, args.variant, args.seed, run_dir, args.workers, args.set)
+    command = run_command(args.dataset, args.variant, args.seed, run_dir, args.workers, extra)
     wall_file = run_dir / "ladder_wall_s.json"
     wall = json.loads(wall_file.read_text())["wall_s"] if wall_file.is_file() else 0.0
     if not (run_dir / "metrics.json").is_file():
@@ -149,7 +259,9 @@ def main() -> None:
             if run_dir.is_dir():
                 wall += time.perf_counter() - start
                 wall_file.write_text(json.dumps({"wall_s": wall}))
-    print(summarise(args.dataset, args.variant, args.seed, run_dir, command, wall, Path(args.results)))
+    print(
+        summarise(args.dataset, args.variant, args.seed, run_dir, command, wall, Path(args.results), stage1)
+    )
 
 
 if __name__ == "__main__":

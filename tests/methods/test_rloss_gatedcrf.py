@@ -47,11 +47,19 @@ def test_forward_gives_finite_named_terms_and_logit_gradients(spec: dict, crf_te
 
 def test_rloss_term_is_the_dense_crf_loss_of_the_full_resolution_softmax() -> None:
     # literal reference form: weight · Σ_b E_b (the release's (CE + w Σ E) / N, times N)
-    spec = {"name": "rloss", "weight": 1e-3, "sigma_xy": 20.0, "reference_crop": None, "reference_batch": None}
+    spec = {
+        "name": "rloss",
+        "weight": 1e-3,
+        "sigma_xy": 20.0,
+        "reference_crop": None,
+        "reference_batch": None,
+    }
     method = build_method(spec, num_classes=3)
     outputs, batch = _tiny_batch(seed=1)
     full = F.interpolate(outputs["logits"], size=(32, 32), mode="bilinear", align_corners=False)
-    per_image_mean = dense_crf_loss(full.softmax(1), batch["image"] * 255, batch["valid"], 15.0, 20.0, 0.5, 1e-3)
+    per_image_mean = dense_crf_loss(
+        full.softmax(1), batch["image"] * 255, batch["valid"], 15.0, 20.0, 0.5, 1e-3
+    )
     assert method(outputs, batch)["dense_crf"].item() == pytest.approx(2 * per_image_mean.item(), rel=1e-6)
 
 
@@ -73,7 +81,7 @@ def test_rloss_spatial_mass_matches_brute_force() -> None:
     h, w, sigma, scale = 13, 9, 4.0, 0.5
     ys, xs = torch.meshgrid(torch.arange(6.0), torch.arange(4.0), indexing="ij")  # ⌊13/2⌋ x ⌊9/2⌋ grid
     pos = torch.stack([ys.flatten(), xs.flatten()], 1).double() / scale
-    brute = torch.exp(-torch.cdist(pos, pos) ** 2 / (2 * sigma**2)).sum().item()
+    brute = torch.exp(-(torch.cdist(pos, pos) ** 2) / (2 * sigma**2)).sum().item()
     assert spatial_kernel_mass(h, w, sigma, scale) == pytest.approx(brute, rel=1e-10)
 
 

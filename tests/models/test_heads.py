@@ -29,7 +29,9 @@ def _features(size: int = 64, channels=CHANNELS, strides=STRIDES, batch: int = 2
 
 def test_registry():
     assert (
-        available_heads() == ["deeplabv2", "deeplabv2_aspp_bn", "deeplabv2_cdsp", "deeplabv3plus", "upernet"] == sorted(HEADS)
+        available_heads()
+        == ["deeplabv2", "deeplabv2_aspp_bn", "deeplabv2_cdsp", "deeplabv3plus", "upernet"]
+        == sorted(HEADS)
     )
     with pytest.raises(ValueError, match="unknown head 'fcn'; available: deeplabv2, deeplabv2_aspp_bn"):
         create_head("fcn", CHANNELS, STRIDES, 3)

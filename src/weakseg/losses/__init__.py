@@ -1,8 +1,8 @@
 """Loss functions, one module per idea. A loss never knows which method uses it."""
 
 from weakseg.losses.dense_crf import dense_crf_loss
-from weakseg.losses.dice import soft_dice_loss
 from weakseg.losses.dfr import dfr_regularized_loss, normalized_potts_loss
+from weakseg.losses.dice import soft_dice_loss
 from weakseg.losses.feature_consistency import pairwise_consistency_loss
 from weakseg.losses.gated_crf import GatedCRFKernel, gated_crf_loss
 from weakseg.losses.multilabel import multilabel_soft_margin_loss

@@ -28,7 +28,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["LORM_MASK_AXES", "LORM_REDUCTIONS", "LoRM", "lorm_attention", "lorm_attention_explicit", "lorm_loss"]
+__all__ = [
+    "LORM_MASK_AXES",
+    "LORM_REDUCTIONS",
+    "LoRM",
+    "lorm_attention",
+    "lorm_attention_explicit",
+    "lorm_loss",
+]
 
 LORM_REDUCTIONS = ("authors", "foreground")
 LORM_MASK_AXES = ("query", "key")
@@ -76,7 +83,7 @@ def lorm_attention(q: Tensor, k: Tensor, v: Tensor, row_mask: Tensor, mask_axis:
 def lorm_attention_explicit(
     q: Tensor, k: Tensor, v: Tensor, row_mask: Tensor, mask_axis: str = "query"
 ) -> Tensor:
-    """The same as :func:`lorm_attention` with the ``[B, hw, hw]`` matrix built and masked (reference only)."""
+    """:func:`lorm_attention` with the ``[B, hw, hw]`` matrix built and masked (reference only)."""
     _check(q, k, v, row_mask, mask_axis)
     b, c, h, w = v.shape
     qn = F.normalize(q.flatten(2), dim=1)  # [B, C, N]
@@ -120,5 +127,7 @@ class LoRM(nn.Module):
         self.delta = nn.Parameter(torch.tensor(float(delta_init)))
 
     def forward(self, features: Tensor, foreground: Tensor) -> Tensor:
-        attended = lorm_attention(self.query(features), self.key(features), features, foreground, self.mask_axis)
+        attended = lorm_attention(
+            self.query(features), self.key(features), features, foreground, self.mask_axis
+        )
         return self.delta.to(attended.dtype) * attended

@@ -56,7 +56,9 @@ class CDSPParams:
     lorm_reduction: str = "authors"  # "authors": Σ(F−F̂)²/#nonzero over all positions; "foreground": fg mean
     lorm_level: int = -1  # backbone level LoRM reads (-1 = deepest, C = 2048 on ResNet)
     lorm_mask: str = "query"  # "query": M masks rows (the authors' code); "key": M masks keys (Eq. 11's text)
-    uncertain: str = "ignore"  # pseudo-label 255 in L_segc: "ignore" (the paper) or "background" (authors' runs)
+    uncertain: str = (
+        "ignore"  # pseudo-label 255 in L_segc: "ignore" (the paper) or "background" (authors' runs)
+    )
     distance_entropy: bool = True  # L_ds + L_dc
     lambda_s: float = 1.0  # scribble map multiplier sqrt(e^λ_s) (paper: 1 in the ablations, 2 best)
     lambda_c: float = 6.0  # boundary map multiplier sqrt(e^λ_c) (paper: 6 in the ablations, 7 best)
@@ -81,7 +83,9 @@ class CDSP(Method):
         if params.lorm_mask not in LORM_MASK_AXES:
             raise ValueError(f"method.lorm_mask is {params.lorm_mask!r}; expected one of {LORM_MASK_AXES}")
         if params.uncertain not in UNCERTAIN_READINGS:
-            raise ValueError(f"method.uncertain is {params.uncertain!r}; expected one of {UNCERTAIN_READINGS}")
+            raise ValueError(
+                f"method.uncertain is {params.uncertain!r}; expected one of {UNCERTAIN_READINGS}"
+            )
         if params.uncertain == "background" and self.background is None:
             raise ValueError("method.uncertain=background needs a background class; this dataset has none")
         self.lorm: LoRM | None = None

@@ -37,7 +37,7 @@ class FullParams:
 
 
 def median_frequency_weights(pixel_counts: np.ndarray) -> np.ndarray:
-    """``median(f) / f_c`` for the pixel frequencies ``f`` of ``pixel_counts`` [K]; classes never seen get 0."""
+    """``median(f) / f_c`` for the pixel frequencies ``f`` of ``pixel_counts`` [K]; unseen classes get 0."""
     counts = np.asarray(pixel_counts, dtype=np.float64)
     seen = counts > 0
     if not seen.any():
@@ -68,10 +68,14 @@ class FullSupervision(Method):
                 f"expected one per class ({self.num_classes})"
             )
         self.requires = (params.label,)
-        weights = None if params.class_weights is None else torch.tensor(params.class_weights, dtype=torch.float32)
+        weights = (
+            None if params.class_weights is None else torch.tensor(params.class_weights, dtype=torch.float32)
+        )
         # a buffer moves with the method to the device; not saved: fit_dataset measures it again on resume
         self.register_buffer(
-            "class_weights", weights if weights is not None else torch.ones(self.num_classes), persistent=False
+            "class_weights",
+            weights if weights is not None else torch.ones(self.num_classes),
+            persistent=False,
         )
 
     def fit_dataset(self, dataset: Any, *, batch_size: int, progress: bool = True) -> dict[str, Any] | None:
@@ -83,7 +87,9 @@ class FullSupervision(Method):
 
         counts = count_classes(dataset, pixels=True, progress=progress)
         if counts.pixels is None:
-            raise ValueError("method.loss=weighted_ce: the training set has no label maps to count classes in")
+            raise ValueError(
+                "method.loss=weighted_ce: the training set has no label maps to count classes in"
+            )
         weights = median_frequency_weights(counts.pixels)
         self.class_weights.copy_(torch.from_numpy(weights).float())
         return {"class_weights": weights.tolist(), "pixel_source": counts.pixel_source}

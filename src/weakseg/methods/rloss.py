@@ -49,7 +49,8 @@ class RLossParams:
 
 
 def spatial_kernel_mass(height: int, width: int, sigma_xy: float, scale: float) -> float:
-    """``Σ_ij exp(-|p_i - p_j|² / 2σ_xy²)`` over the pixel pairs of the loss grid of an ``height x width`` crop.
+    """``Σ_ij exp(-|p_i - p_j|² / 2σ_xy²)`` over the pixel pairs of the loss grid of a ``height x width``
+    crop.
 
     The grid is ``⌊height·scale⌋ x ⌊width·scale⌋`` (``F.interpolate``'s size for ``scale_factor``) with
     positions in crop pixels (``index / scale``). The Gaussian separates into rows and columns:

@@ -111,7 +111,9 @@ class ASPP(nn.Module):
         branches.append(ImagePooling(cin, channels, norm=norm))
         self.branches = nn.ModuleList(branches)
         # fuse=False keeps the concatenation [B, channels * branches, H, W] (the CDSP authors' head)
-        self.project = ConvNormAct(channels * len(branches), channels, 1, norm=norm) if fuse else nn.Identity()
+        self.project = (
+            ConvNormAct(channels * len(branches), channels, 1, norm=norm) if fuse else nn.Identity()
+        )
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -244,7 +246,7 @@ class CDSPASPPHead(nn.Module):
         self.output_stride = strides[-1]
 
     def forward(self, features: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
-        """``features``: backbone levels -> (logits ``[B, K, h, w]``, concatenated branches ``[B, 5K, h, w]``)."""
+        """``features``: backbone levels -> (logits ``[B, K, h, w]``, branches ``[B, 5K, h, w]``)."""
         embedding = self.aspp(features[-1])
         return self.fuse(embedding), embedding
 
