@@ -132,6 +132,25 @@ def cmd_sbd(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    from weakseg.data.imports import import_annotations
+
+    _new_dataset_folder(args.out, args.overwrite)
+    report = import_annotations(
+        args.format,
+        args.export,
+        args.out,
+        args.classes,
+        images=args.images,
+        width=args.width,
+        split=args.split,
+        mask_fill=args.mask_fill,
+        overwrite=args.overwrite,
+    )
+    print(report.summary())
+    return 0
+
+
 def add_data_parser(sub: argparse._SubParsersAction) -> None:
     data = sub.add_parser(
         "data",
@@ -192,6 +211,34 @@ def add_data_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--form", choices=["names", "onehot"], default="onehot")
     p.add_argument("--out", required=True, help="CSV file to write")
     p.set_defaults(func=cmd_tags)
+
+    p = dsub.add_parser(
+        "import",
+        help="make a dataset from a CVAT, LabelMe or Label Studio export (scribbles, masks, tags)",
+        description="Convert an annotation tool's export into a folder-format dataset: polylines, line "
+        "strips and points become scribbles drawn --width pixels wide, brush strokes become scribble "
+        "pixels as painted, polygons (and LabelMe rectangles / circles) become masks, image-level "
+        "tags / flags / choices go to tags.csv. Unsupported shapes (boxes ...) are skipped and counted.",
+    )
+    p.add_argument(
+        "export",
+        help="CVAT: annotations.xml, its folder or the export .zip; "
+        "LabelMe: a .json file or a folder of them; Label Studio: the exported .json",
+    )
+    p.add_argument("out", help="folder for the new dataset")
+    p.add_argument("--format", required=True, choices=["cvat", "labelme", "labelstudio"])
+    p.add_argument("--classes", required=True, help="class names in id order, e.g. background,cat,dog")
+    p.add_argument("--images", default=None, help="folder holding the images (default: beside the export)")
+    p.add_argument("--width", type=int, default=3, help="stroke width of lines and points in pixels")
+    p.add_argument("--split", default="train", help="split that lists the imported images")
+    p.add_argument(
+        "--mask-fill",
+        choices=["background", "ignore"],
+        default="background",
+        help="what masks hold outside the polygons of an annotated image (default: background)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="write over an existing dataset in OUT")
+    p.set_defaults(func=cmd_import)
 
     p = dsub.add_parser(
         "coco-labels", help="rasterise COCO instance annotations into label PNGs (0 bg, 1-80)"
