@@ -116,3 +116,77 @@ def test_pixel_normalisation_is_the_batch_sum_over_the_roi_size() -> None:
     assert per_pixel.item() == pytest.approx(per_batch.item() * 2 / grid_roi.sum().item(), rel=1e-6)
     with pytest.raises(ValueError, match="normalization"):
         dense_crf_loss(probs, image, roi, normalization="mean")
+
+
+# --------------------------------------------------------------------------------------------------
+# backend="lattice": the permutohedral lattice of the reference implementation
+# --------------------------------------------------------------------------------------------------
+def _natural_batch(seed: int, h: int = 96, w: int = 128):
+    """Smooth colours with pixel noise, and smooth logits: a stand-in for a photo and a prediction."""
+    gen = torch.Generator().manual_seed(seed)
+    base = F.interpolate(torch.rand(1, 3, 4, 5, generator=gen) * 255, size=(h, w), mode="bilinear")
+    image = (base + 8 * torch.randn(1, 3, h, w, generator=gen)).clamp(0, 255)
+    logits = F.interpolate(torch.randn(1, 4, 6, 8, generator=gen) * 3, size=(h, w), mode="bilinear")
+    return logits, image
+
+
+def _value_and_grad(logits, image, roi=None, **kw):
+    x = logits.clone().requires_grad_()
+    loss = dense_crf_loss(x.softmax(1), image, roi, weight=1.0, **kw)
+    (grad,) = torch.autograd.grad(loss, x)
+    return loss.item(), grad
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_lattice_backend_value_and_gradient_within_the_stated_tolerance(seed: int) -> None:
+    """rloss's setting (σ_rgb 15, σ_xy 100, scale 0.5): the lattice's energy is a fraction of the exact
+    one (its kernel sums are, docs/lattice.md; 0.59 on CamVid photos), with the same gradient direction."""
+    logits, image = _natural_batch(seed)
+    roi = torch.ones(1, 96, 128, dtype=torch.bool)
+    roi[..., -10:] = False
+    exact, exact_grad = _value_and_grad(logits, image, roi, backend="exact")
+    lattice, lattice_grad = _value_and_grad(logits, image, roi, backend="lattice")
+    assert 0.4 <= lattice / exact <= 0.75
+    cosine = F.cosine_similarity(lattice_grad.flatten(), exact_grad.flatten(), dim=0).item()
+    assert cosine >= 0.97
+    assert lattice_grad[..., -10:].abs().max().item() < 1e-3 * lattice_grad.abs().max().item()
+
+
+def test_lattice_backend_is_the_potts_energy_of_the_lattice_filter() -> None:
+    """E = Σ_k S_kᵀ L (1 - S_k) with L the lattice filter, and autograd's gradient through L's adjoint."""
+    from weakseg.losses.pairwise_kernel import kernel_features_rgbxy
+    from weakseg.ops import PermutohedralLattice
+
+    logits, image = _natural_batch(2, h=48, w=64)
+    value, grad = _value_and_grad(logits, image, scale=1.0, backend="lattice")
+    x = logits.double().requires_grad_()
+    s = x.softmax(1)
+    lattice = PermutohedralLattice(kernel_features_rgbxy(image, 15.0, 100.0))
+    n = 48 * 64
+    matrix = lattice.filter(torch.eye(n).reshape(1, n, 48, 64))[0].reshape(n, n).T.double()  # A[i, j]
+    flat = s[0].reshape(4, n)
+    energy = (flat * ((1 - flat) @ matrix.T)).sum()
+    (ref_grad,) = torch.autograd.grad(energy, x)
+    assert value == pytest.approx(energy.item(), rel=1e-5)
+    assert ((grad.double() - ref_grad).abs().max() / ref_grad.abs().max()).item() < 1e-4
+
+
+@pytest.mark.shared_data
+@pytest.mark.slow
+def test_lattice_backend_on_a_camvid_photo_at_rloss_setting(shared_data) -> None:
+    import numpy as np
+
+    from weakseg.io import read_image
+
+    root = shared_data / "camvid"
+    sample = (root / "splits" / "val.txt").read_text().split()[0]
+    photo = torch.from_numpy(np.array(read_image(root / "images" / f"{sample}.jpg"))).permute(2, 0, 1)
+    image = F.interpolate(photo[None].float(), size=(256, 256), mode="bilinear", align_corners=False)
+    gen = torch.Generator().manual_seed(0)
+    logits = F.interpolate(torch.randn(1, 4, 8, 8, generator=gen) * 3, size=(256, 256), mode="bilinear")
+    exact, exact_grad = _value_and_grad(logits, image, backend="exact")
+    lattice, lattice_grad = _value_and_grad(logits, image, backend="lattice")
+    cosine = F.cosine_similarity(lattice_grad.flatten(), exact_grad.flatten(), dim=0).item()
+    print(f"CamVid {sample} 256², rloss setting: energy ratio {lattice / exact:.3f}, grad cos {cosine:.4f}")
+    assert 0.5 <= lattice / exact <= 0.7
+    assert cosine >= 0.98

@@ -185,3 +185,93 @@ def test_large_image_runs_without_an_n_by_n_buffer() -> None:
     got = out[0].flatten(1).T[rows].detach()
     assert _rel_err(got, _exact_rows(feats, vals.detach(), rows)) < 1e-4
     assert torch.isfinite(vals.grad).all()
+
+
+# --------------------------------------------------------------------------------------------------
+# backend switch: the permutohedral lattice (weakseg.ops.lattice) in dense mode
+# --------------------------------------------------------------------------------------------------
+def _image_features(seed: int, h: int = 30, w: int = 40) -> torch.Tensor:
+    """rloss-like RGBXY features of a smooth image with pixel noise: [1, 5, H, W]."""
+    gen = torch.Generator().manual_seed(seed)
+    base = torch.nn.functional.interpolate(torch.rand(1, 3, 4, 5, generator=gen) * 255, size=(h, w))
+    image = (base + 8 * torch.randn(1, 3, h, w, generator=gen)).clamp(0, 255)
+    return kernel_features_rgbxy(image, sigma_rgb=15.0, sigma_xy=20.0)
+
+
+@pytest.mark.parametrize("include_self", [True, False])
+def test_lattice_backend_approximates_the_exact_kernel(include_self: bool) -> None:
+    from weakseg.ops import PermutohedralLattice
+
+    feats = _image_features(0)
+    gen = torch.Generator().manual_seed(1)
+    vals = torch.rand(1, 3, 30, 40, generator=gen).softmax(1)
+    roi = torch.rand(1, 30, 40, generator=gen) > 0.2
+    lattice = gaussian_affinity_apply(feats, vals, roi, include_self=include_self, backend="lattice")
+    ones = torch.ones_like(vals[:, :1])
+    mass = gaussian_affinity_apply(feats, ones, roi, include_self=include_self, backend="lattice")
+    exact = gaussian_affinity_apply(feats, vals, roi, include_self=include_self, backend="exact")
+    exact_mass = gaussian_affinity_apply(feats, ones, roi, include_self=include_self, backend="exact")
+    inside = roi[:, None].expand_as(vals)
+    assert lattice[~inside].abs().max().item() == 0.0
+    # the lattice's kernel sums are a lumpy ~0.4–0.7 of the exact ones at d = 5 (docs/lattice.md) ...
+    ratio = (mass / exact_mass)[roi[:, None]]
+    assert 0.3 < ratio.mean().item() < 0.75
+    # ... while the normalised product agrees closely
+    err = (lattice / mass - exact / exact_mass)[inside]
+    assert err.abs().mean().item() < 0.02
+    if not include_self:  # the self term subtracted is the lattice's own (an upper bound, <= 1)
+        with_self = gaussian_affinity_apply(feats, vals, roi, include_self=True, backend="lattice")
+        self_weight = PermutohedralLattice(feats, roi).self_weight_map()
+        torch.testing.assert_close(with_self - lattice, self_weight * vals, rtol=1e-5, atol=1e-6)
+
+
+def test_lattice_backend_gradient_flows_to_the_values_only() -> None:
+    feats = _image_features(2).requires_grad_()
+    vals = torch.rand(1, 2, 30, 40).requires_grad_()
+    out = gaussian_affinity_apply(feats, vals, backend="lattice")
+    out.sum().backward()
+    assert feats.grad is None and torch.isfinite(vals.grad).all()
+
+
+def test_auto_backend_keeps_the_exact_kernel_for_small_grids_and_feature_gradients() -> None:
+    feats = _image_features(3, h=60, w=80)  # 4,800 pixels at d = 5: the lattice on CPU
+    vals = torch.rand(1, 2, 60, 80)
+    torch.testing.assert_close(
+        gaussian_affinity_apply(feats, vals, backend="auto"),
+        gaussian_affinity_apply(feats, vals, backend="lattice"),
+    )
+    # features that need a gradient: the lattice gives none, so auto stays exact
+    f = feats.clone().requires_grad_()
+    out = gaussian_affinity_apply(f, vals, backend="auto")
+    torch.testing.assert_close(
+        out, gaussian_affinity_apply(feats, vals, backend="exact"), rtol=1e-5, atol=1e-5
+    )
+    # a small grid: exact
+    small, small_vals = _image_features(3, h=20, w=30), torch.rand(1, 2, 20, 30)
+    torch.testing.assert_close(
+        gaussian_affinity_apply(small, small_vals, backend="auto"),
+        gaussian_affinity_apply(small, small_vals, backend="exact"),
+    )
+    with pytest.raises(ValueError, match="local mode is exact only"):
+        gaussian_affinity_apply(feats, vals, mode="local", backend="lattice")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        gaussian_affinity_apply(feats, vals, backend="fast")
+
+
+def test_dfr_shallow_kernel_backend_reaches_the_normalised_potts_loss() -> None:
+    from weakseg.losses.dfr import dfr_regularized_loss
+
+    gen = torch.Generator().manual_seed(4)
+    image = torch.rand(2, 3, 96, 128, generator=gen)
+    logits = torch.randn(2, 3, 96, 128, generator=gen).requires_grad_()
+    values, grads = {}, {}
+    for backend in ("exact", "lattice"):
+        loss = dfr_regularized_loss(logits.softmax(1), image, None, None, shallow_backend=backend)["shallow"]
+        (grads[backend],) = torch.autograd.grad(loss, logits)
+        values[backend] = loss.item()
+    # a disagreement probability: the lattice's overall scale cancels in the quotient
+    assert values["lattice"] == pytest.approx(values["exact"], rel=0.05)
+    cosine = torch.nn.functional.cosine_similarity(
+        grads["lattice"].flatten(), grads["exact"].flatten(), dim=0
+    )
+    assert cosine.item() > 0.95

@@ -88,6 +88,7 @@ def normalized_potts_loss(
     *,
     mode: str = "dense",
     radius: int = 5,
+    backend: str = "exact",
 ) -> Tensor:
     """``mean_b [sum_k S_k^T K (1 - S_k) / 1^T K 1]``, ``K_ij = exp(-|f_i - f_j|^2/2)``, ROI pairs ``i != j``.
 
@@ -96,6 +97,9 @@ def normalized_potts_loss(
         probs: ``[B, K, h, w]`` class probabilities on the same grid (the gradient flows to them).
         roi: bool ``[B, h, w]`` pixels that take part; None = all.
         mode, radius: dense (all pairs) or local window evaluation of the kernel.
+        backend: dense mode's ``"exact"`` kernel, the permutohedral ``"lattice"`` or ``"auto"``
+            (:func:`~weakseg.losses.pairwise_kernel.gaussian_affinity_apply`; the quotient is
+            insensitive to the lattice's overall scale).
 
     Returns:
         Scalar; an image whose ROI holds fewer than two pixels contributes 0. Its gradient with respect to
@@ -108,7 +112,9 @@ def normalized_potts_loss(
     s = s * inside[:, None]
     with torch.no_grad():
         values = torch.cat([s.detach(), inside[:, None]], dim=1)
-        applied = gaussian_affinity_apply(features.detach(), values, roi, mode=mode, radius=radius)
+        applied = gaussian_affinity_apply(
+            features.detach(), values, roi, mode=mode, radius=radius, backend=backend
+        )
         ks = applied[:, :-1]  # R K R S
         mass = applied[:, -1].sum(dim=(1, 2))  # 1^T R K R 1
         energy = mass - (s.detach() * ks).sum(dim=(1, 2, 3))
@@ -131,6 +137,7 @@ def dfr_regularized_loss(
     shallow_scale: float = 0.5,
     shallow_mode: str = "dense",
     shallow_radius: int = 5,
+    shallow_backend: str = "exact",
     deep_mode: str = "dense",
     deep_radius: int = 8,
 ) -> dict[str, Tensor]:
@@ -148,6 +155,8 @@ def dfr_regularized_loss(
         sigma_deep: deep bandwidth on unit vectors.
         shallow_scale: image scale of the shallow grid.
         shallow_mode, shallow_radius, deep_mode, deep_radius: kernel evaluation (radius in grid cells).
+        shallow_backend: ``"exact"``, ``"lattice"`` or ``"auto"`` for the shallow kernel in dense mode
+            (the deep and product kernels stay exact).
 
     Returns:
         ``{"shallow": E_s, "deep": beta * E_d}`` for ``"sum"`` (``"deep"`` absent without deep features);
@@ -173,6 +182,7 @@ def dfr_regularized_loss(
             roi_on_grid(valid, size),
             mode=shallow_mode,
             radius=shallow_radius,
+            backend=shallow_backend,
         )
     }
     if deep_features is not None:

@@ -25,6 +25,14 @@ dense mode expands into kernel products of ``f ⊙ v`` and ``f ⊙ g`` (D·C ext
 computed when the features require a gradient — CRF losses usually feed image features that do not).
 On CPU this is also far faster than SDPA's own fused backward.
 
+**Backends.** ``backend="exact"`` (the default) is everything above. ``"lattice"`` replaces dense mode by the
+permutohedral-lattice approximation of :mod:`weakseg.ops.lattice` (linear in the number of pixels, the
+approximation pydensecrf2 and rloss's reference make; gradient to the values only), and ``"auto"`` picks
+by the number of pixels, the feature dimension and the device (:func:`weakseg.ops.lattice.choose_backend`;
+exact whenever the features need a gradient). Local mode is always exact. With the lattice,
+``include_self=False`` subtracts the lattice's own self weight (:meth:`PermutohedralLattice.self_weights`)
+instead of 1.
+
 Precision: everything runs in fp32 with autocast disabled (inputs of any float dtype are cast; the
 output is fp32). In dense mode the score ``f_i·f_j - |f_i|²/2 - |f_j|²/2`` loses ~``ε·|f|²`` absolutely
 to cancellation, so features are centred per image (mean over ROI pixels) first; with centred
@@ -40,6 +48,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from weakseg.ops.lattice import PermutohedralLattice, lattice_gaussian_filter, resolve_backend
 
 __all__ = ["gaussian_affinity_apply", "kernel_features_rgbxy", "naive_gaussian_affinity_apply"]
 
@@ -59,6 +69,7 @@ def gaussian_affinity_apply(
     mode: str = "dense",
     radius: int = 5,
     include_self: bool = False,
+    backend: str = "exact",
 ) -> Tensor:
     """``out_i = roi_i · Σ_j roi_j · exp(-|f_i - f_j|²/2) · v_j`` for every pixel ``i``.
 
@@ -73,12 +84,20 @@ def gaussian_affinity_apply(
             makes ``out`` a pure message from the *other* pixels, as in mean-field CRF inference and
             Gated CRF (which zeroes the window centre); the dense CRF loss (Tang et al.; its
             permutohedral filter includes the centre, ``w_ii = 1``) passes ``True``.
+        backend: ``"exact"``, ``"lattice"`` (dense mode only) or ``"auto"`` (see the module docstring).
 
     Returns:
         [B, C, H, W] fp32 (computed in fp32 with autocast disabled, whatever the input dtypes).
-        Differentiable with respect to ``values`` and ``features``.
+        Differentiable with respect to ``values``, and to ``features`` with the exact backend.
     """
     feats, vals, weights = _check_and_prepare(features, values, roi)
+    if _use_lattice(backend, mode, features):
+        with torch.autocast(device_type=vals.device.type, enabled=False):
+            lattice = PermutohedralLattice(feats, weights if roi is not None else None)
+            out = lattice_gaussian_filter(feats, vals, lattice=lattice)
+            if not include_self:
+                out = out - lattice.self_weight_map() * vals
+            return out
     with torch.autocast(device_type=vals.device.type, enabled=False):
         if mode == "dense":
             return _DenseGaussian.apply(feats, vals, weights, include_self)
@@ -181,6 +200,21 @@ def _check_and_prepare(features: Tensor, values: Tensor, roi: Tensor | None) -> 
             raise ValueError(f"roi must be [B, H, W] = {(b, h, w)}, got {tuple(roi.shape)}")
         weights = roi.to(device=features.device, dtype=torch.float32)
     return features.float(), values.float(), weights
+
+
+def _use_lattice(backend: str, mode: str, features: Tensor) -> bool:
+    """Whether :func:`gaussian_affinity_apply` takes the lattice (see its ``backend``)."""
+    if mode not in ("dense", "local"):
+        raise ValueError(f"unknown mode '{mode}'; expected 'dense' or 'local'")
+    if backend == "lattice" and mode == "local":
+        raise ValueError("backend 'lattice' replaces dense mode; local mode is exact only")
+    if mode == "local" or backend == "exact":
+        resolve_backend(backend, 0, 0, features.device)  # validates the name
+        return False
+    if backend == "auto" and features.requires_grad and torch.is_grad_enabled():
+        return False  # the lattice gives no feature gradient: keep the exact one
+    pixels = features[0, 0].numel() if features.shape[0] else 0
+    return resolve_backend(backend, pixels, features.shape[1], features.device) == "lattice"
 
 
 def _self_term(values: Tensor, weights: Tensor) -> Tensor:

@@ -74,6 +74,8 @@ class DFRParams:
         shallow_scale: the shallow kernel runs on the image resized by this factor (0.5, rloss / RRM).
         shallow_mode: ``"dense"`` (every pair, exact and O(N) memory through fused attention) or ``"local"``.
         shallow_radius: window radius in grid cells for ``shallow_mode="local"``.
+        shallow_backend: dense shallow kernel through the exact fused kernel (``"exact"``), the
+            permutohedral lattice (``"lattice"``, linear in the grid size) or ``"auto"``.
         deep_kernel: ``"none"`` (shallow kernel only, ~rloss), ``"frozen"`` (ImageNet backbone features,
             never updated), ``"dynamic"`` (features of the network being trained: DFR).
         consistency_head: train the feature consistency head and, with ``"dynamic"``, take the deep
@@ -116,6 +118,7 @@ class DFRParams:
     shallow_scale: float = 0.5
     shallow_mode: str = "dense"
     shallow_radius: int = 5
+    shallow_backend: str = "exact"
     deep_kernel: str = "dynamic"
     consistency_head: bool = True
     kernel_combination: str = "sum"
@@ -286,6 +289,7 @@ class DFR(Method):
             shallow_scale=p.shallow_scale,
             shallow_mode=p.shallow_mode,
             shallow_radius=p.shallow_radius,
+            shallow_backend=p.shallow_backend,
             deep_mode=p.deep_mode,
             deep_radius=p.deep_radius,
         )

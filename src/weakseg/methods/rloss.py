@@ -46,6 +46,7 @@ class RLossParams:
     reference_crop: int | None = 513  # crop side the weight was published for; None = no crop rescaling
     reference_batch: int | None = 12  # batch the published balance was set at; None = the current batch
     pce_weight: float = 1.0
+    backend: str = "exact"  # W·S: "exact", "lattice" (permutohedral, the reference's) or "auto"
 
 
 def spatial_kernel_mass(height: int, width: int, sigma_xy: float, scale: float) -> float:
@@ -115,6 +116,7 @@ class RLoss(Method):
             scale=p.scale,
             weight=1.0,
             normalization="batch",
+            backend=p.backend,
         )
         weight = self.crf_weight(target.shape[-2], target.shape[-1], target.shape[0])
         return {"pce": p.pce_weight * pce, "dense_crf": weight * mean_energy}

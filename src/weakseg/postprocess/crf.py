@@ -21,26 +21,31 @@ pixel onto itself, and neither ``DenseKernel::filter`` nor ``DenseCRF::inference
 2011 paper writes ``Σ_{j≠i}``). ``CRFParams.include_self=True`` (the default) follows the library, in the
 row sums of the normalisation as well; ``False`` gives the paper's form.
 
-**Exact kernel vs lattice.** Here ``K_m`` is the exact Gaussian, applied through
-:func:`weakseg.losses.pairwise_kernel.gaussian_affinity_apply` (dense mode: fused attention, O(N) memory).
-``pydensecrf`` evaluates a permutohedral-lattice approximation (lumpy, a little wider than nominal and
-with an approximate self weight), so the two agree closely but not exactly: on the tests' images the
-argmax labels agree on ≥ 98% of the pixels (see tests/postprocess/test_crf.py and
-benchmarks/crf_torch_vs_pydensecrf.py for the measured figures).
+**Backends: exact kernel or lattice** (``CRFParams.backend``).
 
-**Cost.** Each iteration applies both kernels to ``K`` label channels. Dense mode costs O(N²) work per
-application (no N×N memory): meant for a GPU. On this project's shared 2-core CPU a 90×120 grid with 11
-classes took 3–12 s per image against 0.1–0.3 s for pydensecrf2 (benchmarks/crf_torch_vs_pydensecrf.py),
-so on a CPU prefer pydensecrf2 or a small grid. Two knobs trade accuracy for speed: ``scale`` runs the
-CRF on a resized grid (bandwidths keep their meaning in pixels of the input) and upsamples the marginals
-bilinearly; ``gaussian_truncate`` evaluates the small spatial kernel in a local window of
-``truncate · sxy_g`` pixels instead of over all pairs (for large grids; on the CPU at 90×120 the local
-loop was slower than the dense form).
+* ``"exact"``: ``K_m`` is the exact Gaussian, applied through
+  :func:`weakseg.losses.pairwise_kernel.gaussian_affinity_apply` (dense mode: fused attention, O(N)
+  memory, O(N²) work per application: meant for a GPU or small grids). ``pydensecrf`` evaluates a
+  permutohedral-lattice approximation (lumpy, with an approximate self weight), so the two agree closely
+  but not exactly: ≥ 98% of the argmax labels (tests/postprocess/test_crf.py).
+* ``"lattice"``: ``K_m`` is that same permutohedral lattice (:mod:`weakseg.ops.lattice`, pure torch, CPU
+  or CUDA), built once per image and kernel and reused by every iteration; its filter equals densecrf's
+  to float precision, so the result is pydensecrf2's up to rounding, batched, with ``valid`` masks, and
+  linear in the number of pixels. On the CPU it runs at full resolution in about pydensecrf2's time
+  (benchmarks/crf_lattice_vs_pydensecrf.py).
+* ``"auto"`` (default): the lattice from a few thousand pixels per image on CPU (more on CUDA), the
+  exact kernel below (:func:`weakseg.ops.lattice.choose_backend`).
+
+``scale`` still runs the CRF on a resized grid (bandwidths keep their meaning in pixels of the input) and
+upsamples the marginals bilinearly; ``gaussian_truncate`` evaluates the exact backend's small spatial
+kernel in a local window of ``truncate · sxy_g`` pixels instead of over all pairs (ignored by the
+lattice).
 """
 
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -50,6 +55,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from weakseg.losses.pairwise_kernel import gaussian_affinity_apply, kernel_features_rgbxy
+from weakseg.ops.lattice import BACKENDS, PermutohedralLattice, resolve_backend
 
 __all__ = [
     "CRFParams",
@@ -82,7 +88,9 @@ class CRFParams:
         include_self: keep the ``j == i`` kernel term, as densecrf does (see the module docstring).
         gaussian_truncate: ``None`` evaluates the smoothness kernel over all pairs (exact); a number
             ``t`` keeps only pairs with ``|dx|, |dy| <= ceil(t · gaussian_sxy · scale)`` grid pixels
-            (weights dropped are below ``exp(-t²/2)``), which is much faster for small ``sxy``.
+            (weights dropped are below ``exp(-t²/2)``), which is much faster for small ``sxy``
+            (exact backend only).
+        backend: ``"exact"``, ``"lattice"`` or ``"auto"`` (see the module docstring).
     """
 
     num_iters: int = 10
@@ -96,8 +104,11 @@ class CRFParams:
     scale: float = 1.0
     include_self: bool = True
     gaussian_truncate: float | None = None
+    backend: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got '{self.backend}'")
         if self.num_iters < 0:
             raise ValueError(f"num_iters must be >= 0, got {self.num_iters}")
         for name in ("gaussian_sxy", "bilateral_sxy", "bilateral_srgb", "scale", "prob_clip"):
@@ -265,6 +276,10 @@ def _mean_field(
 
     Pixels outside ``valid`` neither send nor receive messages: they keep ``softmax(-U)``.
     """
+    dim = 5 if params.bilateral_compat != 0 else 2
+    backend = resolve_backend(params.backend, unary[0, 0].numel(), dim, unary.device)
+    if backend == "lattice":
+        return _mean_field_lattice(unary, image255, valid, params, num_iters, grid_scale)
     q = torch.softmax(-unary, dim=1)
     kernels = _kernels(image255, params, grid_scale) if num_iters > 0 else []
     ones = unary.new_ones(unary.shape[0], 1, *unary.shape[-2:])
@@ -278,6 +293,96 @@ def _mean_field(
             energy = energy + kernel.compat * message  # Potts: -(−w · message)
         q = torch.softmax(energy, dim=1)
     return q
+
+
+def _mean_field_lattice(
+    unary: Tensor,
+    image255: Tensor,
+    valid: Tensor | None,
+    params: CRFParams,
+    num_iters: int,
+    grid_scale: float,
+) -> Tensor:
+    """:func:`_mean_field` through permutohedral lattices, in the lattices' ``[P, K]`` point layout.
+
+    Both kernels' lattices hold the same points (the ``valid`` pixels of the batch, in one order), so Q
+    stays a ``[P, K]`` matrix through the iterations and is put back on the grid once at the end.
+    """
+    q_grid = torch.softmax(-unary, dim=1)
+    kernels = _kernels(image255, params, grid_scale) if num_iters > 0 else []
+    if not kernels:
+        return q_grid
+    lattices = [_lattice_of(kernel, valid, params, grid_scale) for kernel in kernels]
+    u = lattices[0].to_points(unary)  # [P, K]
+    ones = u.new_ones(u.shape[0], 1)
+    operators, self_terms = [], []
+    for kernel, lattice in zip(kernels, lattices):
+        row_sums = lattice.filter_points(ones)
+        if not params.include_self:
+            self_weight = lattice.self_weights().unsqueeze(1)
+            row_sums = (row_sums - self_weight).clamp_min(0.0)
+        norm = torch.rsqrt(row_sums + _NORM_EPS)
+        # compat · n ⊙ K (n ⊙ Q) as one operator, n and compat folded into its matrices
+        operators.append(lattice.operator(before=norm, after=kernel.compat * norm))
+        if not params.include_self:
+            self_terms.append(-kernel.compat * norm.pow(2) * self_weight)
+    # The softmax is shift invariant per pixel: subtract max_k(-U) once. With Potts weights >= 0 every
+    # message is >= 0, so each pixel keeps an energy >= 0 (one exp >= 1) and the exponentials stay
+    # finite; _softmax_rows checks that and falls back to the row maxima otherwise.
+    base = -u
+    base -= base.amax(dim=1, keepdim=True)
+    q = _softmax_rows(base, out=torch.empty_like(base))
+    energy = torch.empty_like(q)  # q and energy are the only buffers: no allocation inside the loop
+    for _ in range(num_iters):
+        energy.copy_(base)
+        for operator in operators:
+            operator(q, accumulate=energy)
+        for term in self_terms:
+            energy.addcmul_(term, q)
+        q = _softmax_rows(energy, out=q)  # q has been used: its buffer takes the new marginals
+    return lattices[0].from_points(q, fill=q_grid)
+
+
+_GRID_LATTICES: OrderedDict[tuple, PermutohedralLattice] = OrderedDict()
+_GRID_LATTICE_CACHE = 4  # spatial-kernel lattices kept (a few image sizes)
+
+
+def _lattice_of(
+    kernel: _Kernel, valid: Tensor | None, params: CRFParams, grid_scale: float
+) -> PermutohedralLattice:
+    """The lattice of one kernel's features.
+
+    The smoothness kernel's features ``[x, y]/sxy`` depend on the grid size only, so without a
+    ``valid`` mask its lattice is reused for every batch of the same size (a few sizes are kept).
+    """
+    dim = kernel.features.shape[1]
+    name = "smoothness-kernel features [x, y]/sxy" if dim == 2 else "appearance-kernel features rgbxy"
+    if dim != 2 or valid is not None:
+        return PermutohedralLattice(kernel.features, valid, name=name)
+    key = (str(kernel.features.device), *kernel.features.shape, params.gaussian_sxy * grid_scale)
+    lattice = _GRID_LATTICES.pop(key, None)
+    if lattice is None:
+        lattice = PermutohedralLattice(kernel.features, None, name=name)
+    _GRID_LATTICES[key] = lattice  # most recently used last
+    while len(_GRID_LATTICES) > _GRID_LATTICE_CACHE:
+        _GRID_LATTICES.popitem(last=False)
+    return lattice
+
+
+def _softmax_rows(x: Tensor, out: Tensor) -> Tensor:
+    """``softmax(x, dim=1)`` of a row-major ``[P, K]`` matrix whose rows are already shifted, into ``out``.
+
+    ``exp`` is taken without subtracting each row's maximum (PyTorch's CPU softmax over a short last
+    dimension such as K = 11 classes is several times slower than these three passes); if that
+    overflows, or underflows to 0 in a whole row, the row maxima are subtracted after all.
+    """
+    torch.exp(x, out=out)
+    total = out.sum(dim=1, keepdim=True)
+    low, high = torch.aminmax(total)
+    if bool((low > 0) & torch.isfinite(high)):
+        return out.div_(total)
+    torch.sub(x, x.amax(dim=1, keepdim=True), out=out).exp_()
+    return out.div_(out.sum(dim=1, keepdim=True))
 
 
 @torch.no_grad()
@@ -372,9 +477,9 @@ def refine_probs_with_crf(
     Returns:
         [B, K, H, W] fp32 probabilities on ``probs``' device.
 
-    Cost: 2 kernel applications per iteration, each O((H·W)²) work; meant for a GPU at full
-    resolution. On a CPU pass ``params=CRFParams.postprocess(scale=0.25)`` (or use
-    :func:`pydensecrf_reference`, which is faster there).
+    Cost: 2 kernel applications per iteration; with the default ``backend="auto"`` they run on the
+    permutohedral lattice (linear in H·W, full resolution on a CPU in about pydensecrf2's time) except
+    on small grids, where the exact O((H·W)²) kernels are faster.
     """
     if probs.shape[-2:] != image.shape[-2:]:
         probs = F.interpolate(probs.float(), size=image.shape[-2:], mode="bilinear", align_corners=False)
