@@ -123,19 +123,20 @@ def main() -> int:
         train_set = FolderDataset(args.data, "train", load_scribbles=False, tags_source="none")
 
         seeds = {}
+        combined = [k for k in keys if k != "cam"] or keys  # sfc: M_W + M_P (the raw "cam" apart); cam: cam
         for name in [None, *keys] if len(keys) > 1 else [None]:
-            weights = None if name is None else {name: 1.0}  # None: every map with weight 1
+            weights = {k: 1.0 for k in combined} if name is None else {name: 1.0}
             res = evaluate_seeds(
                 cam_dir, train_set, weights=weights, num_workers=args.num_workers, progress=False
             )
-            label = "+".join(keys) if name is None else name
+            label = "+".join(combined) if name is None else name
             seeds[label] = {"mIoU": res["best_mIoU"], "threshold": res["best_threshold"]}
             if name is None:
                 write_seed_report(res, mdir / "seeds")
                 seeds[label]["mIoU_at_0"] = res["mIoU"][0]  # plain arg-max over the tagged classes
         row["seeds"] = seeds
 
-        pl_weights = {"M_W": 1.0, "M_P": 0.7} if set(keys) == {"M_W", "M_P"} else None
+        pl_weights = {"M_W": 1.0, "M_P": 0.7} if {"M_W", "M_P"} <= set(keys) else None
         subset = FolderDataset(args.data, "train", load_scribbles=False, tags_source="none")
         subset.ids = subset.ids[:: args.pseudo_every]
         row["pseudo"] = {}

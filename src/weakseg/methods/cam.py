@@ -170,7 +170,7 @@ def check_tag_variety(
             f"{method}: the training tags hardly vary: {listed} tagged in more than {100 * share:.0f}% of "
             f"the {counts.num_images} training images. An image-level method learns to localise a class only "
             "from images without it, so the CAMs, seeds and pseudo-labels of these classes will be "
-            "meaningless; use a dataset whose tags vary (e.g. ../shared/data/voc-real or msrc-real)",
+            "meaningless (check the training split and data.tags)",
             UserWarning,
             stacklevel=3,
         )
