@@ -342,6 +342,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_robustness_parser(sub)
 
+    from weakseg.cli_annotate import add_annotate_parser
+
+    add_annotate_parser(sub)
+
     p = sub.add_parser("methods", help="list the training methods and their parameters")
     p.set_defaults(func=cmd_methods)
 
