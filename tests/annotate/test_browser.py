@@ -274,3 +274,40 @@ def test_prediction_overlay_and_uncertainty_list_screenshot(browser, tmp_path: P
         folder = Path(os.environ.get("WEAKSEG_TEST_ARTIFACTS", ROOT / "test-artifacts"))
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "annotate_overlay.png").write_bytes(shot)
+
+
+def test_two_tabs_on_one_image_last_save_wins_and_the_other_tab_catches_up(browser, tmp_path: Path) -> None:
+    driver = browser
+    dataset = photo_dataset(tmp_path, SIZES)
+    size = SIZES["a"]
+    path = dataset / "scribbles" / "a.png"
+    with live_server(dataset) as url:
+        driver.get(url + "/#a")
+        wait_ready(driver, "a")
+        first = driver.current_window_handle
+        x0, y0 = origin(driver)
+        drag(driver, interaction.POINTER_MOUSE, [(x0 + 10, y0 + 10), (x0 + 50, y0 + 10)])
+        one = rasterize_polylines([(1, np.array([[10, 10], [50, 10]]))], size, width=5)
+        wait_png(path, one)
+        wait_saved(driver)
+
+        driver.switch_to.new_window("tab")  # a second tab on the same image
+        driver.get(url + "/#a")
+        wait_ready(driver, "a")
+        np.testing.assert_array_equal(page_labels(driver, size), one)
+        x1, y1 = origin(driver)
+        drag(driver, interaction.POINTER_MOUSE, [(x1 + 10, y1 + 40), (x1 + 50, y1 + 40)])
+        two = one.copy()
+        two[rasterize_polylines([(1, np.array([[10, 40], [50, 40]]))], size, width=5) == 1] = 1
+        wait_png(path, two)  # the second tab's save, whole
+        wait_saved(driver)
+        driver.close()
+
+        driver.switch_to.window(first)  # back in the first tab: it reloads what the second saved
+        driver.execute_script("window.dispatchEvent(new Event('focus'))")  # headless tabs may not get one
+        wait_for(lambda: np.array_equal(page_labels(driver, size), two), "the first tab to catch up")
+        assert "another tab" in driver.find_element(By.ID, "save-status").text
+        drag(driver, interaction.POINTER_MOUSE, [(x0 + 10, y0 + 70), (x0 + 50, y0 + 70)])
+        three = two.copy()
+        three[rasterize_polylines([(1, np.array([[10, 70], [50, 70]]))], size, width=5) == 1] = 1
+        wait_png(path, three)  # the last save wins, and it holds both tabs' strokes
