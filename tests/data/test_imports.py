@@ -369,18 +369,18 @@ def test_labelstudio_brushes_keypoints_polygons_and_choices(tmp_path: Path) -> N
     report = import_annotations("labelstudio", export, out, CLASSES, images=photos, width=3)
     assert (report.images, report.scribbled, report.masked, report.tagged) == (2, 1, 1, 1)
     assert report.skipped == {"labelstudio rectanglelabels": 1}
-    assert (out / "splits" / "train.txt").read_text() == "data/upload/3/1a2b3c4d-photo\nphotos/other\n"
+    assert (out / "splits" / "train.txt").read_text() == "photo\nphotos/other\n"
 
-    scribble = read_label(out / "scribbles" / "data/upload/3/1a2b3c4d-photo.png")
+    scribble = read_label(out / "scribbles" / "photo.png")
     expected = np.full((30, 40), 255, np.uint8)
     expected[brush] = 1
     dot = rasterize_polylines([(0, np.array([[20.0, 15.0]]))], (30, 40), width=3)
     expected[dot == 0] = 0
     np.testing.assert_array_equal(scribble, expected)
-    mask = read_label(out / "masks" / "data/upload/3/1a2b3c4d-photo.png")
+    mask = read_label(out / "masks" / "photo.png")
     region = polygon_mask((30, 40), 20, 15, 30, 24)
     assert (mask[region] == 2).all() and (mask[~region] == 0).all()
-    assert tags_rows(out / "tags.csv")["data/upload/3/1a2b3c4d-photo"] == {"background", "cat", "dog"}
+    assert tags_rows(out / "tags.csv")["photo"] == {"background", "cat", "dog"}
 
 
 def test_labelstudio_errors_name_the_task(tmp_path: Path) -> None:

@@ -29,7 +29,9 @@ images have mixed formats), ``scribbles/<id>.png``, ``masks/<id>.png`` when any 
 imported, ``tags.csv`` (the tagged classes plus every class scribbled or masked) and
 ````splits/<split>.txt``. An image's id is its path in the export without the suffix
 (``city/img_01.jpg`` → ``city/img_01``); for LabelMe, the JSON file's path in the export folder
-without the suffix (``city/img_01.json`` → ``city/img_01``).
+without the suffix (``city/img_01.json`` → ``city/img_01``); for Label Studio, the image file's
+path below the folder it was found in (an upload ``/data/upload/3/1a2b3c4d-cat.jpg`` found as
+``IMAGES/cat.jpg`` → ``cat``).
 
 Errors (:class:`~weakseg.io.DataError`) name the file and the entry: an unknown label, an image the
 export names but that cannot be found, malformed XML / JSON, bad coordinates or a size mismatch.
@@ -79,6 +81,7 @@ __all__ = [
     "ImportReport",
     "create_dataset_from_images",
     "decode_labelstudio_rle",
+    "find_images",
     "import_annotations",
     "parse_classes",
 ]
@@ -119,6 +122,7 @@ class _Entry:
     embedded: bytes | None = None  # image bytes inside the export (LabelMe imageData)
     candidates: list[str] = field(default_factory=list)  # extra names to try (Label Studio uploads)
     sample_id: str | None = None  # when not derived from ``name`` (LabelMe: the JSON file's path)
+    id_from_file: bool = False  # id from the file found (Label Studio: URLs are not names)
 
 
 @dataclass
@@ -560,7 +564,9 @@ def _read_labelstudio(export: Path, images_base: Path, labels: _Labels, skipped:
             raise DataError(f"{export}: task number {n} is not an object")
         where = f"{export}: task {task.get('id', n)!r}"
         name, others = _ls_image_name(task.get("data"), where)
-        entry = _Entry(name=name, where=f"{where} ({name})", base=images_base, candidates=others)
+        entry = _Entry(
+            name=name, where=f"{where} ({name})", base=images_base, candidates=others, id_from_file=True
+        )
         annotations = task.get("annotations", task.get("completions", []))
         if not isinstance(annotations, list):
             raise DataError(f"{where}: 'annotations' must be a list")
@@ -631,16 +637,16 @@ def _sample_id(name: str, where: str) -> str:
     return check_sample_id(stem, where)
 
 
-def _locate(entry: _Entry, search: Sequence[Path]) -> Path | None:
-    """The image file of ``entry``: its name relative to the entry's base and the search folders,
-    then its base name there; None when absent."""
+def _locate(entry: _Entry, search: Sequence[Path]) -> tuple[Path, Path] | tuple[None, None]:
+    """(image file, folder it was found in) of ``entry``: its name relative to the entry's base and
+    the search folders, then its other names there; (None, None) when absent."""
     names = [entry.name, *entry.candidates, entry.name.rsplit("/", 1)[-1]]
     for folder in [entry.base, *search]:
         for name in names:
             path = folder / name
             if path.is_file():
-                return path
-    return None
+                return path, folder
+    return None, None
 
 
 def _image_size(path: Path, where: str) -> tuple[int, int]:
@@ -808,11 +814,16 @@ def import_annotations(
             raise DataError(f"{export}: the export lists no images")
         pictures, sizes = [], []
         for entry in entries:
-            path = _locate(entry, search)
+            path, found_in = _locate(entry, search)
             if path is None and entry.embedded is None:
                 looked = ", ".join(str(f) for f in dict.fromkeys([entry.base, *search]))
                 raise DataError(f"{entry.where}: image {entry.name!r} not found (looked in {looked})")
-            sid = entry.sample_id or _sample_id(entry.name, entry.where)
+            if entry.sample_id is not None:
+                sid = entry.sample_id
+            elif entry.id_from_file and path is not None and found_in is not None:
+                sid = _sample_id(path.relative_to(found_in).as_posix(), entry.where)
+            else:
+                sid = _sample_id(entry.name, entry.where)
             if path is not None:
                 pic = _Picture(sid, path, None, path.suffix.lower())
             else:
@@ -847,9 +858,7 @@ def import_annotations(
                 else:
                     masked += 1
                 atomic_save_label_png(safe_join(out / "masks", pic.sample_id + ".png"), mask, palette)
-                present = np.union1d(
-                    present, np.unique(mask[mask != fill]) if fill != IGNORE else np.unique(mask)
-                )
+                present = np.union1d(present, np.unique(mask))  # the fill (background) is tagged anyway
             present = present[present != IGNORE].astype(np.int64)
             vec[present] = 1.0
             scribbled += int((scribble != IGNORE).any())
