@@ -633,7 +633,7 @@
   }
 
   window.addEventListener("beforeunload", (e) => {
-    if (state.saving || state.pending) {
+    if (state.saving || state.pending || state.savedVersion !== state.version) {
       e.preventDefault();
       e.returnValue = "";
     }
@@ -660,9 +660,17 @@
   async function openImage(id, { keepView = false } = {}) {
     if (!state.byId.has(id)) return;
     const token = ++state.loadToken;
-    els.body.dataset.ready = "no";
     await flushSaves();
+    if (state.id && state.savedVersion !== state.version) {
+      state.saving = save(); // the last save failed: try once more before leaving the image
+      await flushSaves();
+      if (state.savedVersion !== state.version) {
+        setStatus("not saved: staying on this image until its changes are saved (is the server running?)", true);
+        return;
+      }
+    }
     if (token !== state.loadToken) return;
+    els.body.dataset.ready = "no";
     try {
       const url = `/api/images/${idPath(id)}/image`;
       const [data] = await Promise.all([
