@@ -241,3 +241,22 @@ def test_cuda_equals_cpu() -> None:
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-5, atol=1e-5)
     gpu.sum().backward()
     assert values.grad is not None and torch.isfinite(values.grad).all()
+
+
+def test_blocks_of_points_give_the_same_filter(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a CPU the points are split into blocks (each with its own splat matrix): any block size gives
+    the same result, in the plain and the transposed filter."""
+    image, probs = _scene(12, h=36, w=48)
+    feats = _features("rgbxy", image)
+    roi = torch.rand(1, 36, 48, generator=torch.Generator().manual_seed(2)) > 0.1
+    whole = PermutohedralLattice(feats, roi)
+    monkeypatch.setattr(lattice_module, "_CPU_BLOCK", 100)
+    blocked = PermutohedralLattice(feats, roi)
+    assert len(blocked._blocks) > 10
+    for transpose in (False, True):
+        torch.testing.assert_close(
+            blocked.filter(probs, transpose=transpose),
+            whole.filter(probs, transpose=transpose),
+            rtol=1e-6,
+            atol=1e-6,
+        )

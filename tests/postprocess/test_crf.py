@@ -387,3 +387,20 @@ def test_lattice_backend_agrees_with_pydensecrf_at_full_size(shared_data: Path, 
     print(f"{dataset} {tuple(image.shape[-2:])}: agreement {agreement:.5f}; error unary/ours/ref {errors}")
     assert agreement >= 0.98
     assert errors[1] < errors[0]
+
+
+def test_lattice_mean_field_in_blocks_equals_whole_matrix_updates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fused per-block sweep (CPU) gives the whole-matrix update's marginals (11 classes padded to 12)."""
+    import weakseg.ops.lattice as lattice_module
+    from weakseg.postprocess import crf as crf_module
+
+    image, _, probs = _piecewise_scene(25, h=40, w=60, k=3)
+    logits = torch.cat([probs.log(), torch.randn(1, 8, 40, 60)], dim=1)  # 11 classes
+    params = CRFParams.postprocess(backend="lattice")
+    crf_module._GRID_LATTICES.clear()
+    whole = dense_crf(logits, image, params=params, input_type="logits")  # one block: 2,400 points
+    monkeypatch.setattr(lattice_module, "_CPU_BLOCK", 256)
+    crf_module._GRID_LATTICES.clear()
+    blocks = dense_crf(logits, image, params=params, input_type="logits")
+    torch.testing.assert_close(blocks, whole, rtol=0, atol=1e-5)
+    crf_module._GRID_LATTICES.clear()

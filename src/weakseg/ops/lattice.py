@@ -82,6 +82,7 @@ BACKENDS = ("exact", "lattice", "auto")
 _SUPPORTED_DEVICES = ("cpu", "cuda")
 _MAX_CODE = 2**62  # mixed-radix keys must stay below this to be packed into one int64
 _TABLE_PER_KEY, _TABLE_SLACK = 4, 2**20  # dense code table when the range <= 4 × #keys + 2**20
+_CPU_BLOCK = 16384  # points per block on a CPU: a block's [n, C] rows stay in cache (best of 2k–64k)
 
 # "auto" on CPU: the lattice from max(1536, 64·(d+1)²) pixels per image (measured crossover, see
 # choose_backend); on CUDA from 65,536 pixels (an estimate); never above _AUTO_MAX_DIM dimensions.
@@ -236,23 +237,26 @@ class PermutohedralLattice:
         m = len(neighbours[0][0])
         self.num_vertices = m
         vertex_s = vertex_s.view(d1, num_simplices)
-        # slice α·S [P, M]: d+1 entries per row, columns sorted within rows (sorted once per simplex)
+        # each point's d+1 vertex ids sorted (once per simplex), with their barycentric weights: [P, d+1]
         cols_s, perm_s = torch.sort(vertex_s.T, dim=1)
-        alpha = 1.0 / (1.0 + 2.0 ** (-d))
-        rows = torch.arange(0, p * d1 + 1, d1, device=dev)
-        slice_vals = alpha * torch.gather(bary.T, 1, perm_s[simplex])
-        self._slice = (rows, cols_s[simplex].reshape(-1), slice_vals.reshape(-1))
-        # splat Sᵀ [M, P]: entries e = r·P + point grouped by vertex, points ascending (stable sort)
-        vertex = vertex_s[:, simplex].reshape(-1)
-        order = torch.sort(vertex.int() if m < 2**31 else vertex, stable=True).indices
-        crow = torch.zeros(m + 1, dtype=torch.long, device=dev)
-        crow[1:] = torch.cumsum(torch.bincount(vertex, minlength=m), 0)
-        self._splat = (crow, order % p, bary.reshape(-1)[order])
-        # CSR indices in their final dtype once, so that scaled operators share them without copies
-        self._splat = (*_index_dtype(self._splat[:2], p * d1, m, p), self._splat[2])
-        self._slice = (*_index_dtype(self._slice[:2], p * d1, m, p), self._slice[2])
+        self._cols = cols_s[simplex]
+        self._weights = torch.gather(bary.T, 1, perm_s[simplex])
+        # Points are processed in blocks: each block's slice rows and its splat matrix [M, block]
+        # (entries grouped by vertex through a stable sort) are built once. On a CPU the blocks are
+        # small enough for a block of values to stay in cache through a whole mean-field update.
+        block = p if dev.type == "cuda" else _CPU_BLOCK
+        self._blocks = []
+        for start in range(0, p, block):
+            stop = min(p, start + block)
+            vertex = self._cols[start:stop].reshape(-1)
+            order = torch.sort(vertex.int() if m < 2**31 else vertex, stable=True).indices
+            crow = torch.zeros(m + 1, dtype=torch.long, device=dev)
+            crow[1:] = torch.cumsum(torch.bincount(vertex, minlength=m), 0)
+            crow, col = _index_dtype((crow, torch.div(order, d1, rounding_mode="floor")), order.numel(), m)
+            self._blocks.append((start, stop, crow, col, order + start * d1))
+        self._cols = _index_dtype((self._cols,), p * d1, m)[0]
         self._blur = [_csr(*_blur_entries(n1, n2, m), (m, m)) for n1, n2 in neighbours]
-        self._bary = bary.T.contiguous()  # [P, d+1]
+        self._bary = bary.T.contiguous()  # [P, d+1] in vertex order r (for self_weights)
         self._plain = self.operator()
 
     # ---------------------------------------------------------------------------------------- apply
@@ -263,15 +267,21 @@ class PermutohedralLattice:
             before, after: ``[P]`` or ``[P, 1]`` per-point factors (``None`` = 1), e.g. densecrf's
                 symmetric normalisation ``1/sqrt(K·1)`` and a Potts weight. The lattice is shared.
         """
-        p = self.num_points
-        crow, col, val = self._splat
-        if before is not None:
-            val = val * before.reshape(-1)[col.long()]
-        splat = _csr(crow, col, val, (self.num_vertices, p))
-        rows, cols, vals = self._slice
-        if after is not None:
-            vals = (vals.view(p, -1) * after.reshape(p, 1)).reshape(-1)
-        return LatticeOperator(splat, self._blur, _csr(rows, cols, vals, (p, self.num_vertices)))
+        d1 = self.dim + 1
+        m = self.num_vertices
+        alpha = 1.0 / (1.0 + 2.0 ** (-self.dim))
+        splat_weights = self._weights if before is None else self._weights * before.reshape(-1, 1)
+        slice_weights = alpha * (self._weights if after is None else self._weights * after.reshape(-1, 1))
+        splat_flat, slice_flat = splat_weights.reshape(-1), slice_weights.reshape(-1)
+        blocks = []
+        for start, stop, crow, col, entries in self._blocks:
+            n = stop - start
+            splat = _csr(crow, col, splat_flat[entries], (m, n))
+            rows = torch.arange(0, n * d1 + 1, d1, device=self.device)
+            cols = self._cols[start:stop].reshape(-1)
+            slice_ = _csr(rows, cols, slice_flat[start * d1 : stop * d1], (n, m))
+            blocks.append((start, stop, splat, slice_))
+        return LatticeOperator(blocks, self._blur, m)
 
     def filter_points(self, values: Tensor, *, transpose: bool = False) -> Tensor:
         """``α·S·B·Sᵀ·values`` on the lattice's points (no ROI weighting, no autograd).
@@ -353,13 +363,46 @@ class PermutohedralLattice:
 class LatticeOperator:
     """``slice · blur · splat`` as sparse CSR matrices (see :meth:`PermutohedralLattice.operator`).
 
-    Every product is ``torch.addmm(..., out=...)`` into a preallocated buffer: PyTorch's plain sparse
-    ``@`` first fills or copies its result, which took as long as the product itself on the CPU.
+    The points come in blocks (one on CUDA): per block a splat matrix ``[M, n]`` and the block's slice
+    rows ``[n, M]``. Every product is ``torch.addmm(..., out=...)`` into a preallocated buffer: PyTorch's
+    plain sparse ``@`` first fills or copies its result, which took as long as the product on the CPU.
+    :meth:`splat`, :meth:`blur` and :meth:`slice` expose the three steps for loops that fuse them per
+    block (the lattice mean field of :mod:`weakseg.postprocess.crf`).
+
+    Args:
+        blocks: ``(start, stop, splat [M, n], slice [n, M])`` per block of points.
+        blur: the ``d+1`` blur matrices ``[M, M]`` in forward order.
+        num_vertices: ``M``.
     """
 
-    def __init__(self, splat: Tensor, blur: list[Tensor], slice_: Tensor) -> None:
-        self.splat, self.blur, self.slice = splat, blur, slice_
-        self._buffers: dict[tuple[int, torch.dtype], tuple[Tensor, Tensor]] = {}
+    def __init__(self, blocks: list[tuple[int, int, Tensor, Tensor]], blur: list[Tensor], num_vertices: int):
+        self.blocks, self.blur_matrices, self.num_vertices = blocks, blur, num_vertices
+        self._buffers: dict[tuple[int, torch.dtype], tuple[Tensor, Tensor, Tensor]] = {}
+
+    def buffers(self, channels: int, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Three ``[M, C]`` work buffers (splat accumulator and the blur's two), kept per ``C``."""
+        key = (channels, like.dtype)
+        if key not in self._buffers:
+            self._buffers[key] = tuple(like.new_empty(self.num_vertices, channels) for _ in range(3))
+        return self._buffers[key]
+
+    def splat(self, block: int, values: Tensor, into: Tensor, first: bool) -> None:
+        """Add block ``block``'s ``values`` ``[n, C]`` to the vertex values ``into`` (overwrite if first)."""
+        torch.addmm(into, self.blocks[block][2], values, beta=0.0 if first else 1.0, out=into)
+
+    def blur(self, values: Tensor, transpose: bool = False) -> Tensor:
+        """The blur of vertex values ``[M, C]`` (one of this operator's buffers, which it leaves intact);
+        returns a buffer that stays valid until the next call."""
+        _, target, other = self.buffers(values.shape[1], values)
+        source = values
+        for matrix in reversed(self.blur_matrices) if transpose else self.blur_matrices:
+            torch.addmm(target, matrix, source, beta=0.0, out=target)
+            source, target, other = target, other, target  # ping-pong between the two blur buffers
+        return source
+
+    def slice(self, block: int, lattice: Tensor, out: Tensor, accumulate: bool) -> None:
+        """Block ``block``'s rows of the result from blurred vertex values, into (or added to) ``out``."""
+        torch.addmm(out, self.blocks[block][3], lattice, beta=1.0 if accumulate else 0.0, out=out)
 
     def __call__(
         self, values: Tensor, *, accumulate: Tensor | None = None, transpose: bool = False
@@ -373,21 +416,16 @@ class LatticeOperator:
             transpose: blur in reverse direction order (the transpose, for symmetric scalings).
         """
         p, c = values.shape
-        if p == 0:
+        if p == 0 or not self.blocks:
             return torch.zeros_like(values) if accumulate is None else accumulate
-        key = (c, values.dtype)
-        if key not in self._buffers:
-            m = self.splat.shape[0]
-            self._buffers[key] = (values.new_empty(m, c), values.new_empty(m, c))
-        lattice, spare = self._buffers[key]
-        torch.addmm(lattice, self.splat, values, beta=0.0, out=lattice)
-        for blur in reversed(self.blur) if transpose else self.blur:
-            torch.addmm(spare, blur, lattice, beta=0.0, out=spare)
-            lattice, spare = spare, lattice
-        if accumulate is None:
-            out = values.new_empty(p, c)
-            return torch.addmm(out, self.slice, lattice, beta=0.0, out=out)
-        return torch.addmm(accumulate, self.slice, lattice, out=accumulate)
+        vertex_values = self.buffers(c, values)[0]
+        for k, (start, stop, _, _) in enumerate(self.blocks):
+            self.splat(k, values[start:stop], vertex_values, first=k == 0)
+        lattice = self.blur(vertex_values, transpose)
+        out = values.new_empty(p, c) if accumulate is None else accumulate
+        for k, (start, stop, _, _) in enumerate(self.blocks):
+            self.slice(k, lattice, out[start:stop], accumulate=accumulate is not None)
+        return out
 
 
 def lattice_gaussian_filter(
@@ -642,16 +680,19 @@ def _neighbours_by_rows(rows: Tensor) -> list[tuple[Tensor, Tensor]]:
 
 def _blur_entries(plus: Tensor, minus: Tensor, m: int) -> tuple[Tensor, Tensor, Tensor]:
     """CSR arrays (crow, col, val) of one blur direction [M, M]: 1 on the diagonal, 1/2 at each
-    existing neighbour, columns sorted within rows."""
+    existing neighbour, columns ascending within rows."""
     dev = plus.device
-    cols = torch.stack([plus, torch.arange(m, device=dev), minus], dim=1)  # [M, 3]
-    vals = torch.tensor([0.5, 1.0, 0.5], device=dev).expand(m, 3)
-    keep = cols >= 0
+    own = torch.arange(m, device=dev)
+    a, b = torch.where(plus >= 0, plus, m), torch.where(minus >= 0, minus, m)  # absent: m, sorts last
+    # three columns sorted by a min/max network (torch.sort along rows of three is far slower)
+    low, high = torch.minimum(a, own), torch.maximum(a, own)
+    first, upper = torch.minimum(low, b), torch.maximum(low, b)
+    cols = torch.stack([first, torch.minimum(high, upper), torch.maximum(high, upper)], dim=1)  # [M, 3]
+    keep = cols < m
+    vals = torch.where(cols == own[:, None], 1.0, 0.5)
     crow = torch.zeros(m + 1, dtype=torch.long, device=dev)
     crow[1:] = torch.cumsum(keep.sum(1), 0)
-    cols_sorted, perm = torch.sort(torch.where(keep, cols, m), dim=1)  # absent (m) sort last
-    kept = cols_sorted < m
-    return crow, cols_sorted[kept], torch.gather(vals, 1, perm)[kept]
+    return crow, cols[keep], vals[keep]
 
 
 def _index_dtype(indices: tuple[Tensor, Tensor], nnz: int, *dims: int) -> tuple[Tensor, ...]:
