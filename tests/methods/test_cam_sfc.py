@@ -439,6 +439,8 @@ def test_three_training_steps_on_synthetic_data(
     if method == "sfc":  # the collapse diagnostics of every step reach metrics.json
         saved = json.loads((result.run_dir / "metrics.json").read_text())["sfc_train_statistics"]
         assert saved["step"] == [1, 2, 3] and all(0 <= v <= 1 for v in saved["bg_seed_share"])
+        # and every logged step carries them in metrics.jsonl (Method.log_values)
+        assert all(0 <= r["sfc/bg_seed_share"] <= 1 and "sfc/empty_bg_prototype" in r for r in steps)
 
 
 @pytest.mark.slow

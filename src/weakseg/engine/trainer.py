@@ -449,7 +449,9 @@ def _train(
             guard.check(step, info, last_saved, hint)  # before anything of this state is written
 
         if log_now:
-            values = reduce_mean({"loss": loss.detach(), **{k: v.detach() for k, v in losses.items()}}, info)
+            diagnostics = {k: v.detach().float() for k, v in module.method.log_values().items()}
+            values = {"loss": loss.detach(), **{k: v.detach() for k, v in losses.items()}, **diagnostics}
+            values = reduce_mean(values, info)
             values = {k: float(v) for k, v in values.items()}
             elapsed = time.monotonic() - window_start - paused
             row = {"step": step, "lr": lr, **values, "images_per_s": window_images / max(elapsed, 1e-9)}
