@@ -28,6 +28,12 @@ def _order(variant: str) -> tuple[int, str]:
     return (ORDER.index(variant) if variant in ORDER else len(ORDER), variant)
 
 
+def _mean_cell(values: list[float | None]) -> str:
+    """The mean of a class's scores over seeds; "–" for a class absent from the scored split (None)."""
+    present = [v for v in values if v is not None]
+    return f"{statistics.mean(present):.3f}" if present else "–"
+
+
 def table(dataset: str, runs: list[dict]) -> str:
     """The markdown table of one dataset's runs."""
     by_variant: dict[str, list[dict]] = defaultdict(list)
@@ -53,7 +59,7 @@ def table(dataset: str, runs: list[dict]) -> str:
         mean = statistics.mean(scores)
         score = f"{mean:.3f}" + (f" ± {statistics.stdev(scores):.3f}" if len(scores) > 1 else "")
         cells = [variant, ",".join(str(r["seed"]) for r in group)]
-        cells += [f"{statistics.mean(r['per_class'][c] for r in group):.3f}" for c in classes]
+        cells += [_mean_cell([r["per_class"].get(c) for r in group]) for c in classes]
         cells.append(score)
         if reference:
             cells.append(f"{mean / reference:.2f}")
