@@ -7,6 +7,17 @@ from weakseg.config import ConfigError, config_from_dict, config_to_dict, load_c
 ROOT = Path(__file__).resolve().parents[1]
 
 
+FULL_DEFAULTS = {
+    "name": "full",
+    "weight": 1.0,
+    "label": "mask",
+    "loss": "ce",
+    "ce_weight": 0.5,
+    "dice_weight": 0.5,
+    "class_weights": None,
+}
+
+
 def write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "exp.yaml"
     path.write_text(text)
@@ -20,7 +31,7 @@ def test_yaml_and_dotted_overrides(tmp_path):
     assert cfg.train.batch_size == 2
     assert cfg.data.crop_size == [64, 48]
     assert cfg.optim.lr == 0.5
-    assert cfg.method == {"name": "full", "weight": 1.0, "label": "mask"}
+    assert cfg.method == FULL_DEFAULTS
     assert cfg.run_dir == Path("runs/a")
 
 
@@ -29,7 +40,7 @@ def test_method_defaults_and_override():
     assert cfg.method == {"name": "pce", "weight": 0.5}
     # switching the method by name starts from that method's own defaults
     cfg = load_config(None, ["method.weight=0.5", "method.name=full"])
-    assert cfg.method == {"name": "full", "weight": 1.0, "label": "mask"}
+    assert cfg.method == FULL_DEFAULTS
 
 
 @pytest.mark.parametrize(
@@ -70,7 +81,51 @@ def test_round_trip_through_checkpoint_dict():
     assert "steps: 7" in to_yaml(cfg)
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "configs").rglob("*.yaml")), ids=lambda p: p.name)
+EXPERIMENTS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name != "_base_")
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_shipped_configs_parse(path):
     cfg = load_config(path)
     assert cfg.method["name"] == path.parent.name
+
+
+def test_base_files_are_merged_under_the_experiment(tmp_path):
+    (tmp_path / "_base_").mkdir()
+    (tmp_path / "_base_" / "data.yaml").write_text(
+        "data:\n  crop_size: [64, 64]\n  hflip: 0.0\ntrain:\n  steps: 7\n"
+    )
+    (tmp_path / "_base_" / "method.yaml").write_text(
+        "method:\n  name: rloss\n  sigma_rgb: 20.0\ntrain:\n  steps: 9\n"
+    )
+    exp = tmp_path / "exp.yaml"
+    exp.write_text("_base_: [_base_/data.yaml, _base_/method.yaml]\nname: exp\ndata:\n  hflip: 0.5\n")
+    cfg = load_config(exp, ["train.batch_size=3"])
+    assert cfg.data.crop_size == [64, 64] and cfg.data.hflip == 0.5  # the file overrides its bases
+    assert cfg.train.steps == 9  # later bases override earlier ones
+    assert cfg.method["name"] == "rloss" and cfg.method["sigma_rgb"] == 20.0  # method sections inherit too
+    assert cfg.train.batch_size == 3 and cfg.name == "exp"
+    exp.write_text("_base_: _base_/method.yaml\nmethod:\n  name: pce\n")  # another method: its own defaults
+    assert load_config(exp).method == {"name": "pce", "weight": 1.0}
+
+
+def test_base_errors_name_the_file(tmp_path):
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("_base_: b.yaml\n")
+    b.write_text("_base_: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(a)
+    a.write_text("_base_: missing.yaml\n")
+    with pytest.raises(ConfigError, match=r"missing.yaml \(a base of"):
+        load_config(a)
+    a.write_text("_base_: {x: 1}\n")
+    with pytest.raises(ConfigError, match="_base_"):
+        load_config(a)
+
+
+def test_shipped_configs_with_bases_resolve_as_before_they_had_them():
+    """The ACDC configs state only what differs from their base; what they resolve to is the full protocol."""
+    cfg = load_config(ROOT / "configs" / "rloss" / "acdc_effnetlite0.yaml")
+    assert cfg.name == "acdc_rloss_effnetlite0" and cfg.method["sigma_rgb"] == 26.0
+    assert cfg.data.root == "../shared/data/acdc-scribble" and cfg.eval.volume_dice is True
+    assert cfg.model.head_channels == 64 and cfg.optim.name == "adamw" and cfg.train.steps == 2000

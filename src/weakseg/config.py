@@ -179,8 +179,48 @@ def _method_schema(method_section: Any, where: str) -> DictConfig:
         raise ConfigError(f"{where}: wrong value for 'method.{key}': {str(err).splitlines()[0]}") from None
 
 
+BASE_KEY = "_base_"
+
+
+def _config_layers(path: Path, chain: tuple[Path, ...]) -> list[tuple[dict, str]]:
+    """The raw sections of ``path`` and of its bases, bases first: ``[(sections, where), ...]``.
+
+    A file may name the files it builds on with ``_base_: other.yaml`` or a list of them (paths relative
+    to the file; later bases override earlier ones, the file overrides them all), so an experiment states
+    only what differs. Cycles are an error.
+    """
+    if not path.is_file():
+        where = f" (a base of {chain[-1]})" if chain else ""
+        raise ConfigError(f"config file not found: {path}{where}")
+    resolved = path.resolve()
+    if resolved in chain:
+        raise ConfigError(
+            f"{path}: '_base_' files form a cycle: {' -> '.join(str(p) for p in (*chain, path))}"
+        )
+    try:
+        raw = OmegaConf.load(path)
+    except Exception as err:  # yaml errors come in several types
+        raise ConfigError(f"cannot parse config file {path}: {err}") from err
+    if not isinstance(raw, DictConfig):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    raw_dict: dict = OmegaConf.to_container(raw)  # type: ignore[assignment]
+    bases = raw_dict.pop(BASE_KEY, None)
+    if bases is None:
+        bases = []
+    elif isinstance(bases, str):
+        bases = [bases]
+    elif not (isinstance(bases, list) and all(isinstance(b, str) for b in bases)):
+        raise ConfigError(f"{path}: '_base_' must be a file name or a list of file names, got {bases!r}")
+    layers: list[tuple[dict, str]] = []
+    for base in bases:
+        layers += _config_layers(path.parent / base, (*chain, resolved))
+    return [*layers, (raw_dict, str(path))]
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Read a YAML experiment file (or start from defaults) and apply dotted ``key=value`` overrides.
+
+    The file may build on others through ``_base_`` (see :func:`_config_layers`).
 
     Raises :class:`ConfigError` naming the offending key for unknown keys and wrong types.
     """
@@ -188,18 +228,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     merged = schema
     method_parts: list[tuple[Any, str]] = []
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            raw = OmegaConf.load(path)
-        except Exception as err:  # yaml errors come in several types
-            raise ConfigError(f"cannot parse config file {path}: {err}") from err
-        if not isinstance(raw, DictConfig):
-            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
-        raw_dict = OmegaConf.to_container(raw)
-        method_parts.append((raw_dict.pop("method", None), str(path)))  # type: ignore[union-attr]
-        merged = _merge(merged, raw_dict, str(path))
+        for raw_dict, where in _config_layers(Path(path), ()):
+            method_parts.append((raw_dict.pop("method", None), where))
+            merged = _merge(merged, raw_dict, where)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}': expected key=value, e.g. train.batch_size=8")
