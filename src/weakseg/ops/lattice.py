@@ -37,7 +37,9 @@ an exact row-wise ``torch.unique(dim=0)`` takes over) and numbered through a den
 range (counting, no sort) or a sort. The blur neighbours ``x ± g_j`` are found by code arithmetic and
 the same table or a binary search. Splat, blur and slice are then sparse CSR matrices (int32 indices),
 built once per feature set and reused for every channel, mean-field iteration and backward pass;
-every product runs through ``torch.addmm(..., out=...)`` into preallocated buffers. Images of a batch
+every product runs through ``torch.addmm(..., out=...)`` into preallocated buffers. On a CPU the points
+come in blocks of 16,384, each with its own splat matrix, so that loops can keep a block's values in
+cache (:class:`LatticeOperator`; the mean field of :mod:`weakseg.postprocess.crf`). Images of a batch
 share one lattice (the image index is part of the key), so they never interact, and pixels outside
 the region of interest do not enter it at all.
 
