@@ -50,6 +50,8 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "dfr_shallow": ("dfr", ["method.deep_kernel=none", "method.consistency_head=false"]),
     "dfr_frozen": ("dfr", ["method.deep_kernel=frozen", "method.consistency_head=false"]),
     "dfr_dynamic": ("dfr", ["method.consistency_head=false"]),
+    # DFR at the per-image calibration without rloss's batch-12 factor (the weight before the rebalance)
+    "dfr_reg04": ("dfr", ["method.reg_weight=0.4"]),
     # CDSP and its ablations (need pseudo-labels: --cdsp-cam-steps makes them from the scribbles' tags)
     "cdsp": ("cdsp", []),
     "cdsp_no_lorm": ("cdsp", ["method.lorm=false"]),
