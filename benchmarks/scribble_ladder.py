@@ -172,6 +172,11 @@ def run_command(
     return [sys.executable, "-m", "weakseg", "train", str(config.relative_to(ROOT)), *overrides, "--quiet"]
 
 
+def git_commit() -> str:
+    """The commit of the code that trained the run (the checkout this script runs from)."""
+    return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+
+
 def summarise(
     dataset: str,
     variant: str,
@@ -212,6 +217,7 @@ def summarise(
         images_per_s=sum(speeds) / max(1, len(speeds)),
         mIoU=metrics["mIoU"],
         config_yaml=config,
+        code_commit=git_commit(),
         **extra,
     )
 
