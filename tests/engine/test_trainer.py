@@ -135,3 +135,27 @@ def test_bf16_autocast_and_gradient_clipping_train(tiny_data, tmp_path):
     result = train(cfg, device="cpu", progress=False)
     losses = loss_rows(result.run_dir)
     assert set(losses) == {1, 2} and all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+
+
+def test_fast_depthwise_backward_trains_the_same_weights(tiny_data, tmp_path, monkeypatch):
+    """``train.fast_depthwise`` (on by default on CPU) routes the depthwise layers of the step through
+    weakseg.engine.depthwise, and the update equals the one from ATen's backward to rounding. One step:
+    the tiny run is unstable enough (loss 1.3 -> 8.9 at step 2) to amplify rounding after that."""
+    from weakseg.engine import depthwise
+
+    routed = []
+    real_apply = depthwise._DepthwiseConv2d.apply
+    monkeypatch.setattr(depthwise._DepthwiseConv2d, "apply", lambda *a: routed.append(1) or real_apply(*a))
+    runs = {}
+    for fast in (True, False):
+        run = tmp_path / f"fast_{fast}"
+        cfg = tiny_config(tiny_data, run, f"train.fast_depthwise={fast}", "train.steps=1")
+        assert cfg.train.fast_depthwise is fast
+        before = len(routed)
+        runs[fast] = train(cfg, device="cpu", progress=False).run_dir
+        # EfficientNet-lite0 has 16 depthwise layers, routed once per step when the switch is on
+        assert len(routed) - before == (16 if fast else 0)
+    fast, plain = (load_checkpoint(runs[f] / "last.ckpt")["model"] for f in (True, False))
+    for key, value in plain.items():
+        torch.testing.assert_close(fast[key], value, rtol=1e-5, atol=2e-6, msg=key)
+    assert loss_rows(runs[True]) == loss_rows(runs[False])  # the forward is the same computation

@@ -43,6 +43,7 @@ from weakseg.engine.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from weakseg.engine.depthwise import FastDepthwise
 from weakseg.engine.distributed import DistInfo, barrier, cleanup_distributed, reduce_mean, setup_distributed
 from weakseg.engine.evaluation import evaluate, write_evaluation_report
 from weakseg.engine.guards import NonFiniteGuard, nonfinite_hint, reraise_worker_errors
@@ -372,6 +373,9 @@ def _train(
         )
     if cfg.train.compile:
         train_module = torch.compile(train_module)
+    # CPU: depthwise convolutions take the faster backward of weakseg.engine.depthwise (same forward,
+    # gradients equal to rounding); not under torch.compile, which traces the plain call
+    fast_depthwise = cfg.train.fast_depthwise and dev.type == "cpu" and not cfg.train.compile
     if ckpt is not None:
         set_rng_state(ckpt["rng"])  # last, so nothing above consumes the restored stream
 
@@ -413,7 +417,7 @@ def _train(
             batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
         lr = apply_lr(optimizer, step, total, cfg.optim)
         module.method.set_progress(step, total)
-        with autocast:
+        with autocast, FastDepthwise() if fast_depthwise else contextlib.nullcontext():
             losses = train_module(batch)
         loss = torch.stack([v.float() for v in losses.values()]).sum()
         guard.observe_losses(step + 1, losses)  # device flags only: no host sync
