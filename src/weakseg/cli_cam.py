@@ -258,7 +258,7 @@ def cmd_pseudo_labels(args: argparse.Namespace) -> int:
 
     meta = load_cam_meta(args.cam_dir)
     dataset = _dataset_of(args, meta)
-    crf_overrides: dict[str, Any] = {"scale": args.crf_scale}
+    crf_overrides: dict[str, Any] = {"scale": args.crf_scale, "backend": args.crf_backend}
     if args.crf_iters is not None:
         crf_overrides["num_iters"] = args.crf_iters
     params = PseudoLabelParams(
@@ -444,14 +444,21 @@ def add_cam_parsers(sub: argparse._SubParsersAction) -> None:
         "--crf",
         choices=["torch", "pydensecrf", "none"],
         default="torch",
-        help="refinement: batched torch dense CRF (default; exact kernels, meant for a GPU), the pydensecrf "
-        "reference (CPU, permutohedral lattice: the faster choice without a GPU), or none",
+        help="refinement: batched torch dense CRF (default; pydensecrf2's permutohedral lattice in torch at "
+        "full size, CPU or GPU, see --crf-backend), the pydensecrf reference (CPU), or none",
+    )
+    p.add_argument(
+        "--crf-backend",
+        choices=["auto", "lattice", "exact"],
+        default="auto",
+        help="kernels of --crf torch: permutohedral lattice, exact O(N^2) kernels, or auto (lattice from a "
+        "few thousand pixels per image on CPU)",
     )
     p.add_argument(
         "--crf-scale",
         type=float,
         default=1.0,
-        help="run the CRF on a grid resized by this factor (faster on CPU)",
+        help="run the CRF on a grid resized by this factor (faster)",
     )
     p.add_argument("--crf-iters", type=int, default=None, help="mean-field iterations (default 12)")
     p.add_argument("--batch-size", type=int, default=4, help="images per CRF batch")
