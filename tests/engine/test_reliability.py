@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from train_helpers import tiny_train_config
 from weakseg.config import ConfigError, config_to_dict, load_config
 from weakseg.data.folder import write_dataset_json
 from weakseg.data.synthetic import make_synthetic_dataset
@@ -29,27 +30,7 @@ def data(tmp_path_factory) -> Path:
 
 
 def config(data: Path, out: Path, *extra: str):
-    return load_config(
-        None,
-        [
-            f"data.root={data}",
-            f"out_dir={out}",
-            "data.crop_size=[32,32]",
-            "data.num_workers=0",
-            "model.backbone=efficientnet_lite0",
-            "model.head=deeplabv2",
-            "model.pretrained=null",
-            "optim.name=sgd",
-            "optim.lr=0.01",
-            "train.batch_size=2",
-            "train.steps=4",
-            "train.log_every=1",
-            "train.val_every=2",
-            "train.ckpt_every=2",
-            "train.num_overlays=1",
-            *extra,
-        ],
-    )
+    return tiny_train_config(data, out, *extra, crop=32, overlays=1)
 
 
 def fake_finished_run(run: Path) -> dict[Path, bytes]:

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from weakseg.config import ConfigError, load_config
+from train_helpers import tiny_train_config
+from weakseg.config import ConfigError
 from weakseg.data.synthetic import make_synthetic_dataset
 from weakseg.engine.checkpoint import load_checkpoint
 from weakseg.engine.trainer import load_trained_model, train
@@ -22,27 +23,7 @@ def tiny_data(tmp_path_factory) -> Path:
 
 
 def tiny_config(data: Path, out: Path, *extra: str):
-    return load_config(
-        None,
-        [
-            f"data.root={data}",
-            f"out_dir={out}",
-            "data.crop_size=[48,48]",
-            "data.num_workers=0",
-            "model.backbone=efficientnet_lite0",
-            "model.head=deeplabv2",
-            "model.pretrained=null",
-            "optim.name=sgd",
-            "optim.lr=0.01",
-            "train.batch_size=2",
-            "train.steps=4",
-            "train.log_every=1",
-            "train.val_every=2",
-            "train.ckpt_every=2",
-            "train.num_overlays=2",
-            *extra,
-        ],
-    )
+    return tiny_train_config(data, out, *extra)
 
 
 def loss_rows(run_dir: Path) -> dict[int, float]:
