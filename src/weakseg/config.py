@@ -60,7 +60,8 @@ class ModelConfig:
     aspp_rates: list[int] | None = None
     frozen_stages: int = 0  # freeze the stem (1) and the first stages (2, 3, ...) of the backbone
     freeze_bn: bool = False  # keep the backbone's BatchNorm statistics and affine parameters fixed
-    channels_last: bool = False
+    # NHWC weights and inputs; null = on when training on CPU (faster with oneDNN), off on GPU
+    channels_last: bool | None = None
 
 
 @dataclass

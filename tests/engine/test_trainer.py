@@ -140,3 +140,19 @@ def test_fast_depthwise_backward_trains_the_same_weights(tiny_data, tmp_path, mo
     for key, value in plain.items():
         torch.testing.assert_close(fast[key], value, rtol=1e-5, atol=2e-6, msg=key)
     assert loss_rows(runs[True]) == loss_rows(runs[False])  # the forward is the same computation
+
+
+def test_channels_last_defaults_to_on_for_cpu_training(tiny_data, tmp_path):
+    from weakseg.engine.trainer import use_channels_last
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    auto = tiny_config(tiny_data, tmp_path / "auto", "train.steps=1")
+    assert auto.model.channels_last is None
+    assert use_channels_last(auto, cpu) and not use_channels_last(auto, gpu)
+    off = tiny_config(tiny_data, tmp_path / "off", "model.channels_last=false")
+    on = tiny_config(tiny_data, tmp_path / "on", "model.channels_last=true")
+    assert not use_channels_last(off, cpu) and use_channels_last(on, gpu)
+    # the run trains (and saves) NHWC convolution weights
+    weights = load_checkpoint(train(auto, device="cpu", progress=False).run_dir / "last.ckpt")["model"]
+    stem = weights["backbone.model.conv_stem.weight"]
+    assert stem.is_contiguous(memory_format=torch.channels_last) and not stem.is_contiguous()

@@ -97,6 +97,14 @@ def autocast_context(amp: str, device: torch.device) -> tuple[contextlib.Abstrac
     return torch.autocast(device_type=device.type, dtype=dtype), amp == "fp16"
 
 
+def use_channels_last(cfg: Config, device: torch.device) -> bool:
+    """``model.channels_last``; null means on for CPU training, where oneDNN's channels-last
+    convolutions and batch norm are faster (benchmarks/train_step_profile.py), and off elsewhere."""
+    if cfg.model.channels_last is None:
+        return device.type == "cpu"
+    return bool(cfg.model.channels_last)
+
+
 def move_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
@@ -312,7 +320,8 @@ def _train(
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(run_dir / "dataset_statistics.json", fitted)
     module = TrainModule(model, method).to(dev)
-    if cfg.model.channels_last:
+    channels_last = use_channels_last(cfg, dev)
+    if channels_last:
         module = module.to(memory_format=torch.channels_last)
     groups = model.param_groups()
     groups["method"] = list(method.parameters())
@@ -413,7 +422,7 @@ def _train(
     train_module.train()
     for batch in reraise_worker_errors(loader):
         batch = move_batch(batch, dev)
-        if cfg.model.channels_last:
+        if channels_last:
             batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
         lr = apply_lr(optimizer, step, total, cfg.optim)
         module.method.set_progress(step, total)
