@@ -43,7 +43,9 @@ def test_gradients_match_aten(case, bias):
     b = torch.randn(c, generator=gen) if bias else None
     rx, rw, rb, ref = _reference(x, w, b, stride, padding, dilation)
     fx, fw, fb, _ = _reference(x, w, b, stride, padding, dilation)
-    out = depthwise_conv2d(fx, fw, fb, stride, padding, dilation)
+    pair = depthwise._pair
+    # the custom backward itself, also for the cases depthwise_conv2d leaves to ATen
+    out = depthwise._DepthwiseConv2d.apply(fx, fw, fb, pair(stride), pair(padding), pair(dilation))
     assert torch.equal(out, ref)  # the forward is the same call
     grad = torch.randn(ref.shape, generator=gen)
     ref.backward(grad)
@@ -70,23 +72,29 @@ def test_channels_last_and_partial_gradients():
     assert frozen_input.grad is None
 
 
-def test_weight_gradient_route_is_taken_for_large_kernels(monkeypatch):
-    """The slow ATen weight gradient is replaced for 5x5 and dilated filters and kept for 3x3."""
-    calls = []
-    real = torch.ops.aten.convolution_backward
-
-    class Spy:
-        def __call__(self, *args):
-            calls.append(tuple(args[-1]))
-            return real(*args)
-
-    monkeypatch.setattr(depthwise.torch.ops.aten, "convolution_backward", Spy(), raising=False)
-    for kernel, padding, dilation in ((5, 2, 1), (3, 2, 2), (3, 1, 1)):
-        x = torch.randn(1, 4, 8, 8, requires_grad=True)
+def test_only_slow_layers_are_routed(monkeypatch):
+    """5x5 and dilated filters take the custom backward; 3x3 undilated ones, and strided ones on
+    channels-last inputs, stay with ATen (as fast or faster there)."""
+    routed = []
+    real = depthwise._DepthwiseConv2d.apply
+    monkeypatch.setattr(depthwise._DepthwiseConv2d, "apply", lambda *a: routed.append(a[1].shape) or real(*a))
+    nchw = torch.randn(1, 4, 9, 9, requires_grad=True)
+    nhwc = torch.randn(1, 4, 9, 9).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    cases = [  # (input, kernel, stride, padding, dilation, routed)
+        (nchw, 5, 1, 2, 1, True),
+        (nchw, 3, 1, 2, 2, True),
+        (nchw, 3, 1, 1, 1, False),
+        (nchw, 5, 2, 0, 1, True),
+        (nhwc, 5, 1, 2, 1, True),
+        (nhwc, 5, 2, 0, 1, False),
+        (nhwc, 3, 2, 0, 1, False),
+    ]
+    for x, kernel, stride, padding, dilation, expected in cases:
+        before = len(routed)
         w = torch.randn(4, 1, kernel, kernel, requires_grad=True)
-        depthwise_conv2d(x, w, None, 1, padding, dilation).sum().backward()
-    # 5x5: the input gradient from ATen; dilated: neither; 3x3: both from ATen
-    assert calls == [(True, False, False), (True, False, False), (False, True, False)]
+        assert depthwise.worthwhile(x, w, (stride, stride), (dilation, dilation)) is expected
+        depthwise_conv2d(x, w, None, stride, padding, dilation).sum().backward()
+        assert (len(routed) > before) is expected, (kernel, stride, dilation)
 
 
 def test_eligibility():

@@ -6,16 +6,15 @@ segmentor: for EfficientNet-lite0 at 128x128 crops, the dilated 5x5 depthwise la
 (1152 channels on an 8x8 map) take ~10x their forward time to backpropagate, and depthwise backward
 was the largest single cost of a training step (``benchmarks/train_step_profile.py``).
 
-:func:`depthwise_conv2d` computes the same convolution with the same forward call and replaces the two
-slow parts of its backward by ordinary convolutions that oneDNN runs fast:
+:func:`depthwise_conv2d` takes the layers where that backward is slow: filters larger than 3x3 or
+dilated (undilated 3x3 layers backpropagate as fast through ATen), except strided ones on channels-last
+inputs (there oneDNN's own backward is the faster). It keeps the forward call and computes:
 
-* input gradient of a dilated, stride-1 convolution: the convolution of the output gradient with the
-  180-degree rotated filters, padded by ``dilation * (k - 1) - padding``;
-* weight gradient of a filter larger than 3x3 or dilated: one grouped convolution of the input, seen
-  as ``C * N`` single-channel maps, with the output gradient as its filters (stride and dilation swap
-  roles), summed over the batch;
-* everything else (undilated input gradients, 3x3 weight gradients, where oneDNN is as fast or
-  faster): ATen's own ``convolution_backward``.
+* the weight gradient as one grouped convolution of the input, seen as ``N * C`` single-channel maps,
+  with the output gradient as its filters (stride and dilation swap roles), summed over the batch;
+* the input gradient of a dilated, stride-1 layer as the convolution of the output gradient with the
+  180-degree rotated filters, padded by ``dilation * (k - 1) - padding``; other input gradients come
+  from ATen's own ``convolution_backward``.
 
 The gradients are the same sums in another order, so they agree with ATen's to float rounding
 (``tests/engine/test_depthwise.py``); the forward output is bit-identical. :class:`FastDepthwise` is a
@@ -34,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["FastDepthwise", "depthwise_conv2d", "is_depthwise"]
+__all__ = ["FastDepthwise", "depthwise_conv2d", "is_depthwise", "worthwhile"]
 
 
 def _pair(value: int | Sequence[int]) -> tuple[int, int]:
@@ -58,6 +57,13 @@ def is_depthwise(x: Tensor, weight: Tensor, groups: int) -> bool:
         and weight.shape[0] == groups
         and weight.shape[1] == 1
     )
+
+
+def worthwhile(x: Tensor, weight: Tensor, stride: tuple[int, int], dilation: tuple[int, int]) -> bool:
+    """Whether :func:`depthwise_conv2d` takes this depthwise layer (see the module doc): a filter larger
+    than 3x3 or dilated, and not strided on a channels-last input (measured on AVX-512, one thread)."""
+    large = max(weight.shape[-2:]) > 3 or max(dilation) > 1
+    return large and (stride == (1, 1) or _memory_format(x) != torch.channels_last)
 
 
 def _input_grad(
@@ -87,16 +93,13 @@ def _weight_grad(
 ) -> Tensor:
     n, c, h, w = x.shape
     kh, kw = weight.shape[-2:]
-    if max(kh, kw) <= 3 and dilation == (1, 1):
-        return torch.ops.aten.convolution_backward(
-            grad, x, weight, None, stride, padding, dilation, False, [0, 0], c, [False, True, False]
-        )[1]
     # gw[c, i, j] = sum_{n, y, x} grad[n, c, y, x] * x_padded[n, c, y * s + i * d, x * s + j * d]:
-    # a convolution of the map (n, c) with the filter grad[n, c], stride d and dilation s
-    maps = x.transpose(0, 1).reshape(1, c * n, h, w)
-    filters = grad.transpose(0, 1).reshape(c * n, 1, grad.shape[-2], grad.shape[-1])
-    out = F.conv2d(maps, filters, None, dilation, padding, stride, c * n)
-    return out[..., :kh, :kw].reshape(c, n, kh, kw).sum(1, keepdim=True)
+    # a convolution of the map (n, c) with the filter grad[n, c], stride d and dilation s. Maps are
+    # image-major (index n * C + c), so both reshapes are views of contiguous tensors.
+    maps = x.reshape(1, n * c, h, w)
+    filters = grad.reshape(n * c, 1, grad.shape[-2], grad.shape[-1])
+    out = F.conv2d(maps, filters, None, dilation, padding, stride, n * c)
+    return out[..., :kh, :kw].reshape(n, c, kh, kw).sum(0).unsqueeze(1)
 
 
 class _DepthwiseConv2d(torch.autograd.Function):
@@ -150,8 +153,8 @@ def depthwise_conv2d(
     """``F.conv2d(x, weight, bias, stride, padding, dilation, groups=x.shape[1])`` for a depthwise
     ``weight`` ``[C, 1, kh, kw]``, with the faster CPU backward of the module doc.
 
-    The plain call is made instead when no gradient is needed, under autocast, for string padding and
-    for anything :func:`is_depthwise` refuses."""
+    The plain call is made instead when no gradient is needed, under autocast, for string padding,
+    for anything :func:`is_depthwise` refuses and for layers that are not :func:`worthwhile`."""
     groups = x.shape[1] if x.dim() == 4 else 1
     needs_grad = torch.is_grad_enabled() and (
         x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
@@ -161,6 +164,7 @@ def depthwise_conv2d(
         or not is_depthwise(x, weight, groups)
         or isinstance(padding, str)
         or torch.is_autocast_enabled(x.device.type)  # autocast would change the dtype inside
+        or not worthwhile(x, weight, _pair(stride), _pair(dilation))
     ):
         return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
     return _DepthwiseConv2d.apply(x, weight, bias, _pair(stride), _pair(padding), _pair(dilation))
