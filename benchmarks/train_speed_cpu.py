@@ -131,7 +131,8 @@ def run_child(spec_path: str) -> None:
     write = trainer.MetricsLog.write
 
     def timed_write(self: Any, row: dict[str, Any]) -> None:
-        write(self, {**row, "cpu_s": tree_cpu_seconds(), "wall_s": time.monotonic()})
+        extra = {"cpu_s": tree_cpu_seconds(), "cpu_main_s": time.process_time(), "wall_s": time.monotonic()}
+        write(self, {**row, **extra})
 
     trainer.MetricsLog.write = timed_write
     cfg = load_config(spec["config"], spec["overrides"])
@@ -199,6 +200,7 @@ def run_once(
     return {
         "images": images,
         "cpu_s": rows[-1]["cpu_s"] - rows[0]["cpu_s"],
+        "cpu_main_s": rows[-1]["cpu_main_s"] - rows[0]["cpu_main_s"],
         "wall_s": rows[-1]["wall_s"] - rows[0]["wall_s"],
         "steps": [rows[0]["step"], rows[-1]["step"]],
     }
@@ -243,15 +245,20 @@ def compare(args: argparse.Namespace, versions: dict[str, dict[str, Any]], work:
                 for name in order:
                     out = work / f"{protocol}-{method}-{name}-{r}"
                     figures[name] = run_once(versions[name], config, overrides, out, log)
+                    f = figures[name]
                     print(
                         f"[{protocol} {method} round {r + 1}] {name}: "
-                        f"{figures[name]['images'] / figures[name]['cpu_s']:.2f} images/CPU-s, "
-                        f"{figures[name]['images'] / figures[name]['wall_s']:.2f} images/s wall",
+                        f"{f['images'] / f['cpu_s']:.2f} images/CPU-s "
+                        f"(DataLoader worker {1 - f['cpu_main_s'] / f['cpu_s']:.0%} of the CPU), "
+                        f"{f['images'] / f['wall_s']:.2f} images/s wall",
                         flush=True,
                     )
                 rounds.append(figures)
             pooled = {
-                name: {key: sum(f[name][key] for f in rounds) for key in ("images", "cpu_s", "wall_s")}
+                name: {
+                    key: sum(f[name][key] for f in rounds)
+                    for key in ("images", "cpu_s", "cpu_main_s", "wall_s")
+                }
                 for name in ("old", "new")
             }
             old_cpu = pooled["old"]["images"] / pooled["old"]["cpu_s"]
@@ -271,6 +278,9 @@ def compare(args: argparse.Namespace, versions: dict[str, dict[str, Any]], work:
                     )
                     for f in rounds
                 ],
+                "worker_cpu_share": {
+                    name: round(1 - pooled[name]["cpu_main_s"] / pooled[name]["cpu_s"], 3) for name in pooled
+                },
                 "images_timed_per_run": rounds[0]["old"]["images"],
                 "config": config,
                 "protocol_overrides": protocol_set,

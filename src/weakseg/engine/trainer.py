@@ -68,6 +68,11 @@ class TrainModule(nn.Module):
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         batch = self.method.prepare_batch(batch)
         outputs = self.method.run_model(self.model, batch)
+        logits = outputs.get("logits")
+        if isinstance(logits, torch.Tensor) and not logits.is_contiguous():
+            # channels-last logits (K channels at the head's stride: a small copy) back to NCHW, where
+            # the losses' upsampling, softmax and cross-entropy run faster on CPU
+            outputs = {**outputs, "logits": logits.contiguous()}
         return self.method(outputs, batch)
 
 
