@@ -43,6 +43,9 @@ class DataConfig:
     rotate: float = 0.0  # maximum rotation in degrees (applied with probability 0.5)
     color_jitter: float = 0.0  # strength of brightness/contrast/saturation jitter; 0 disables
     num_workers: int = 2
+    # decoded training samples kept in memory, in MB over all DataLoader workers (each holds
+    # cache_mb / num_workers): files are read once, later epochs copy the arrays; 0 = off
+    cache_mb: float = 1024.0
 
 
 @dataclass
@@ -79,6 +82,7 @@ class OptimConfig:
     warmup_steps: int = 0
     min_lr: float = 0.0
     grad_clip: float | None = None  # max global gradient norm
+    fused: bool | None = None  # torch's fused optimiser kernel; null = on for CPU training (faster there)
 
 
 @dataclass
@@ -298,6 +302,8 @@ def _check_values(cfg: Config) -> None:
     }.items():
         if value <= 0:
             raise ConfigError(f"config key '{key}' is {value}; expected a positive integer")
+    if cfg.data.cache_mb < 0:
+        raise ConfigError(f"config key 'data.cache_mb' is {cfg.data.cache_mb}; expected a size in MB >= 0")
     if cfg.model.output_stride not in (8, 16, 32):
         raise ConfigError(
             f"config key 'model.output_stride' is {cfg.model.output_stride}; expected 8, 16 or 32"

@@ -304,6 +304,57 @@ def test_loader_batches_and_augmentation_is_a_function_of_seed_epoch_index(toy: 
             assert torch.equal(batch["scribble"][i], ds[i]["scribble"])
 
 
+def test_decoded_cache_returns_the_same_samples_and_reads_files_once(toy: Path, monkeypatch) -> None:
+    import weakseg.data.base as base
+
+    reads = []
+    real_read = base.read_image_rgb
+    monkeypatch.setattr(
+        base, "read_image_rgb", lambda path, mode="RGB": reads.append(path) or real_read(path, mode)
+    )
+
+    def scaled_mask(raw: dict[str, np.ndarray]) -> np.ndarray:
+        return raw["mask"].astype(np.float32) / 7
+
+    transform = build_train_transform(16, scale_range=(0.5, 1.5), rotate=15, color_jitter=0.2)
+    plain = FolderDataset(toy, "train", transform=transform, seed=5)
+    cached = FolderDataset(toy, "train", transform=transform, seed=5)
+    for ds in (plain, cached):
+        ds.add_map("dist", scaled_mask)
+    cached.cache_decoded(64)
+    for epoch in range(3):
+        for ds in (plain, cached):
+            ds.set_epoch(epoch)
+        for i in range(len(plain)):
+            a, b = plain[i], cached[i]
+            assert a.keys() == b.keys()
+            for key in a:
+                assert torch.equal(a[key], b[key]) if torch.is_tensor(a[key]) else a[key] == b[key], key
+    assert len(reads) == 3 * len(plain) + len(cached)  # the cached set read each image once
+    # callers may edit what load_raw returns: the cache keeps its own copy
+    raw = cached.load_raw(0)
+    raw["image"][:] = 0
+    assert np.array_equal(cached.load_raw(0)["image"], plain.load_raw(0)["image"])
+    # a new map clears the cache (its samples lack the map)
+    cached.add_map("twice", lambda raw: scaled_mask(raw) * 2)
+    assert cached._cache_bytes == 0 and "twice" in cached.load_raw(1)
+
+
+def test_decoded_cache_keeps_to_its_budget(toy: Path) -> None:
+    ds = FolderDataset(toy, "train")
+    one = sum(v.nbytes for v in ds.load_raw(0).values())
+    ds.cache_decoded(1.5 * one / 2**20)  # room for one sample, not two
+    for i in range(len(ds)):
+        ds.load_raw(i)
+    assert list(ds._cache) == [0] and ds._cache_bytes == one
+    ds.cache_decoded(0)  # off: everything is dropped
+    assert ds._cache == {} and ds._cache_bytes == 0
+    ds.load_raw(1)
+    assert ds._cache == {}
+    with pytest.raises(ValueError, match=">= 0"):
+        ds.cache_decoded(-1)
+
+
 def test_write_dataset_json_and_split_helpers(tmp_path: Path) -> None:
     path = write_dataset_json(tmp_path, ["background", "x"], name="gen", extra={"source": "unit test"})
     obj = json.loads(path.read_text())

@@ -55,3 +55,30 @@ def test_sampler_shards_one_global_batch_across_ranks():
 def test_sampler_rejects_split_smaller_than_a_step():
     with pytest.raises(ValueError, match="fewer than one step"):
         StepBatchSampler(3, 4, 10)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_fused_optimiser_on_cpu_matches_the_per_tensor_loop(name):
+    """optim.fused null = fused for CPU parameters; its updates equal the per-tensor loop's to rounding."""
+
+    def run(fused):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Conv2d(8, 4, 1))
+        cfg = OptimConfig(name=name, lr=0.05, fused=fused)
+        opt = build_optimizer(
+            {"backbone": list(model[0].parameters()), "head": list(model[1].parameters())}, cfg
+        )
+        for step in range(3):
+            opt.zero_grad()
+            model(
+                torch.randn(2, 3, 9, 9, generator=torch.Generator().manual_seed(step))
+            ).square().mean().backward()
+            opt.step()
+        return opt, [p.detach().clone() for p in model.parameters()]
+
+    auto, auto_params = run(None)
+    loop, loop_params = run(False)
+    assert all(g["fused"] for g in auto.param_groups) and not any(g["fused"] for g in loop.param_groups)
+    for a, b in zip(auto_params, loop_params):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        assert not torch.equal(a, torch.zeros_like(a))

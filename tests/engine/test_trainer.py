@@ -157,3 +157,18 @@ def test_channels_last_defaults_to_on_for_cpu_training(tiny_data, tmp_path):
     weights = load_checkpoint(train(auto, device="cpu", progress=False).run_dir / "last.ckpt")["model"]
     stem = weights["backbone.model.conv_stem.weight"]
     assert stem.is_contiguous(memory_format=torch.channels_last) and not stem.is_contiguous()
+
+
+def test_training_set_caches_decoded_samples_per_loading_process(tiny_data, tmp_path, monkeypatch):
+    from weakseg.data.base import SegDataset
+
+    budgets = []
+    real = SegDataset.cache_decoded
+    monkeypatch.setattr(SegDataset, "cache_decoded", lambda self, mb: budgets.append(mb) or real(self, mb))
+    for workers in (0, 2):  # each loading process holds an equal share of data.cache_mb
+        run = tmp_path / f"cache_{workers}"
+        cfg = tiny_config(tiny_data, run, "train.steps=1", "data.cache_mb=300", f"data.num_workers={workers}")
+        train(cfg, device="cpu", progress=False)
+    assert budgets == [300.0, 150.0]
+    with pytest.raises(ConfigError, match="data.cache_mb"):
+        tiny_config(tiny_data, tmp_path / "bad", "data.cache_mb=-1")

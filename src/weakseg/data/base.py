@@ -12,6 +12,10 @@ A sample flows: files â†’ :meth:`SegDataset.load_raw` (numpy dict, validated) â†
     "tags"      float32 [K] multi-hot over all classes (background entry 1 when there is one)
     "id"        str;   "size": int64 [2] = (H, W) of the image before transforms
 
+Decoded samples can be kept in memory (:meth:`SegDataset.cache_decoded`, ``data.cache_mb`` for training
+sets): a sample's files are then read and checked once per process, and later epochs copy the arrays;
+what ``__getitem__`` returns does not change.
+
 Augmentation is reproducible: the transform receives a generator seeded from
 ``(seed, epoch, index)``; call :meth:`SegDataset.set_epoch` at the start of each epoch, before
 iterating the DataLoader. The epoch lives in shared memory, so persistent DataLoader workers see
@@ -231,6 +235,9 @@ class SegDataset(torch.utils.data.Dataset):
         # Shared memory: DataLoader workers (also persistent ones) see set_epoch() updates.
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         self.transform = transform
+        self._cache: dict[int, dict[str, np.ndarray]] = {}  # index -> load_raw's arrays
+        self._cache_budget = 0  # bytes; 0 = no cache
+        self._cache_bytes = 0
 
     # ------------------------------------------------------------------ configuration
     @property
@@ -263,6 +270,25 @@ class SegDataset(torch.utils.data.Dataset):
 
     def _add_source(self, source: LabelSource) -> None:
         self._sources[source.key] = source
+        self.clear_cache()  # cached samples lack the new map
+
+    def cache_decoded(self, megabytes: float) -> None:
+        """Keep decoded samples (what :meth:`load_raw` returns) in memory, up to ``megabytes`` in this
+        process; 0 turns the cache off. Each DataLoader worker holds its own cache.
+
+        A cached sample's files are not read again: :meth:`load_raw` returns copies of its arrays, so
+        samples, augmentation and errors for files that are never read twice are unchanged. Samples are
+        kept in the order they are first loaded until the budget is spent.
+        """
+        if megabytes < 0:
+            raise ValueError(f"cache size must be >= 0 MB, got {megabytes}")
+        self._cache_budget = int(megabytes * 2**20)
+        if self._cache_bytes > self._cache_budget:
+            self.clear_cache()
+
+    def clear_cache(self) -> None:
+        """Drop every cached sample (after a label source or map is added, or to free memory)."""
+        self._cache, self._cache_bytes = {}, 0
 
     def add_label_dir(self, key: str, folder: str | os.PathLike, pattern: str = "{id}.png") -> None:
         """Attach label maps ``folder / pattern`` (``{id}`` = sample id) as sample entry ``key``.
@@ -290,6 +316,7 @@ class SegDataset(torch.utils.data.Dataset):
         if not _KEY_RE.match(key) or key in RESERVED_KEYS or key in self._sources:
             raise ValueError(f"map key {key!r} must be an identifier, not reserved and not a label map")
         self._maps[key] = fn
+        self.clear_cache()
 
     def _setup_tags(self, tags_source: TagsSource, tags_file: Path | None = None) -> None:
         """Choose where tags come from.
@@ -385,8 +412,23 @@ class SegDataset(torch.utils.data.Dataset):
     def load_raw(self, index: int) -> dict[str, np.ndarray]:
         """The untransformed sample ``index``: "image" uint8 [H, W, 3], label maps uint8 [H, W]
         (255 = ignore), float maps float32 [H, W]. Raises :class:`DataError` naming the file on
-        a missing/unreadable file, a size mismatch or out-of-range label values."""
-        sid = self.ids[self._index(index)]
+        a missing/unreadable file, a size mismatch or out-of-range label values.
+
+        With :meth:`cache_decoded`, a sample read before comes from memory (as fresh copies)."""
+        i = self._index(index)
+        cached = self._cache.get(i)
+        if cached is not None:
+            return {key: value.copy() for key, value in cached.items()}
+        sample = self._decode(i)
+        size = sum(value.nbytes for value in sample.values())
+        if self._cache_bytes + size <= self._cache_budget:
+            self._cache[i] = {key: value.copy() for key, value in sample.items()}
+            self._cache_bytes += size
+        return sample
+
+    def _decode(self, i: int) -> dict[str, np.ndarray]:
+        """:meth:`load_raw` from the files."""
+        sid = self.ids[i]
         image = self._read_image(sid)
         size = (int(image.shape[0]), int(image.shape[1]))
         sample: dict[str, np.ndarray] = {"image": image}

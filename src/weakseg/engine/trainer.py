@@ -305,6 +305,7 @@ def _train(
 
     requires = method_requires(cfg)
     train_set = build_dataset(cfg, cfg.data.train_split, train=True, requires=requires)
+    train_set.cache_decoded(cfg.data.cache_mb / max(1, cfg.data.num_workers))  # per loading process
     val_set = build_dataset(cfg, cfg.data.val_split, train=False, requires=("mask",))
     preflight(cfg, train_set, val_set, world_size=info.world_size)
 
