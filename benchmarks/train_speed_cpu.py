@@ -25,10 +25,13 @@ rows, ``batch x steps`` images took that much CPU and wall time. The rows before
 priority, wall time mostly measures the other jobs, so the ratio is taken on CPU time (images per
 CPU-second); the wall-time ratio is reported beside it. The training runs read the protocol's files
 through a view folder whose val split holds ``--val-images`` ids, so the final validation is short;
-the training split and every training setting are the protocol's.
+every training setting is the protocol's, and so is the training split unless ``--train-images N``
+keeps its first N ids: then the timed steps fall in later epochs, like most steps of a long run (where
+``data.cache_mb`` serves decoded samples from memory).
 
-    OMP_NUM_THREADS=1 nice -n 19 .venv/bin/python benchmarks/train_speed_cpu.py --old 7fe8104 \\
-        --voc-root runs/data/voc-real-scribbles --json-dir benchmarks/results/speed
+    OMP_NUM_THREADS=1 nice -n 19 .venv/bin/python benchmarks/train_speed_cpu.py --old 7fe8104 --new HEAD \\
+        --voc-root runs/data/voc-real-scribbles --train-images 64 --steps 24 --log-every 8 --rounds 3 \\
+        --json-dir benchmarks/results/speed
 
 writes ``train_cpu_speedup_<method>.json`` (name, ratio, baseline, ours, unit, command, machine, and
 per protocol and round figures). ``--_child`` is the internal entry point of one run.
@@ -159,15 +162,16 @@ def commit_of(rev: str) -> str:
     return out.stdout.strip() or rev
 
 
-def make_view(source: Path, view: Path, val_images: int) -> Path:
-    """A folder-format dataset at ``view`` reading ``source``'s files: the same train split, the first
-    ``val_images`` ids of its val split."""
+def make_view(source: Path, view: Path, val_images: int, train_images: int | None = None) -> Path:
+    """A folder-format dataset at ``view`` reading ``source``'s files: its train split (the first
+    ``train_images`` ids when given) and the first ``val_images`` ids of its val split."""
     meta = json.loads((source / "dataset.json").read_text())
     back = os.path.relpath(source.resolve(), view.resolve())
     meta["layout"] = {key: f"{back}/{pattern}" for key, pattern in meta["layout"].items()}
     (view / "splits").mkdir(parents=True, exist_ok=True)
     (view / "dataset.json").write_text(json.dumps(meta, indent=1))
-    (view / "splits" / "train.txt").write_text((source / "splits" / "train.txt").read_text())
+    train = (source / "splits" / "train.txt").read_text().split()[:train_images]
+    (view / "splits" / "train.txt").write_text("\n".join(train) + "\n")
     val = (source / "splits" / "val.txt").read_text().split()[:val_images]
     (view / "splits" / "val.txt").write_text("\n".join(val) + "\n")
     return view
@@ -227,7 +231,9 @@ def compare(args: argparse.Namespace, versions: dict[str, dict[str, Any]], work:
     results: dict[str, Any] = {}
     log = work / "runs.log"
     for protocol in args.protocols:
-        view = make_view(roots[protocol].resolve(), work / f"view-{protocol}", args.val_images)
+        view = make_view(
+            roots[protocol].resolve(), work / f"view-{protocol}", args.val_images, args.train_images
+        )
         for method in args.methods:
             config, protocol_set = protocol_overrides(protocol, method)
             timing_set = [
@@ -285,6 +291,7 @@ def compare(args: argparse.Namespace, versions: dict[str, dict[str, Any]], work:
                 "config": config,
                 "protocol_overrides": protocol_set,
                 "run_overrides": [f"data.root=<view of {roots[protocol]}>", *timing_set],
+                "train_images": args.train_images,
             }
             entry = results[method][protocol]
             entry["median_round_ratio"] = round(statistics.median(entry["round_ratios"]), 3)
@@ -302,6 +309,13 @@ def main() -> None:
     p.add_argument("--log-every", type=int, default=4)
     p.add_argument("--rounds", type=int, default=2, help="old/new pairs per protocol and method")
     p.add_argument("--val-images", type=int, default=4)
+    p.add_argument(
+        "--train-images",
+        type=int,
+        default=None,
+        help="train on the first N ids of the split (default: all); with few, the timed steps lie in later "
+        "epochs, as most steps of a long run do (decoded samples cached)",
+    )
     p.add_argument("--acdc-root", default=str(ROOT.parent / "shared" / "data" / "acdc-scribble"))
     p.add_argument("--voc-root", default=str(ROOT / "runs" / "data" / "voc-real-scribbles"))
     p.add_argument("--work", default=None, help="folder for the extracted versions and runs (default: temp)")
