@@ -21,8 +21,12 @@ Times are this process's CPU seconds (on a shared machine wall time mostly measu
 With ``--ops`` the timed steps also run under ``torch.profiler`` and the most expensive operators are
 listed. The data phases are the work a DataLoader worker does per batch; with ``data.num_workers=1``
 they run beside the step, on a second core when one is free. The step takes the trainer's CPU speed-ups
-(``train.fast_depthwise``, ``model.channels_last`` null = on for CPU); ``--set train.fast_depthwise=false
-model.channels_last=false`` profiles the step as it was before them.
+(``train.fast_depthwise``, ``train.keep_freed_memory``, ``model.channels_last`` and ``optim.fused`` null =
+on for CPU, ``data.cache_mb``); ``--set train.fast_depthwise=false train.keep_freed_memory=false
+model.channels_last=false optim.fused=false data.cache_mb=0`` profiles the step as it was before them
+(each profile runs in a fresh process: glibc's memory settings last for the life of a process).
+Decoded samples come from the cache only from their second read on: ``--prefill`` reads every sample
+once first, so the timed steps see the cache as the steps after a run's first epoch do.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/train_step_profile.py --protocol acdc --method dfr
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/train_step_profile.py --protocol voc-real --method pce \\
@@ -61,7 +65,13 @@ from weakseg.data.base import to_tensors  # noqa: E402
 from weakseg.engine.depthwise import FastDepthwise  # noqa: E402
 from weakseg.engine.optim import apply_lr, build_optimizer  # noqa: E402
 from weakseg.engine.sampling import StepBatchSampler  # noqa: E402
-from weakseg.engine.trainer import TrainModule, move_batch, seed_everything, use_channels_last  # noqa: E402
+from weakseg.engine.trainer import (  # noqa: E402
+    TrainModule,
+    keep_freed_memory,
+    move_batch,
+    seed_everything,
+    use_channels_last,
+)
 
 PHASES = ("data.read", "data.tags", "data.augment", "data.tensor", "forward", "loss", "backward", "optimizer")
 
@@ -105,12 +115,21 @@ def load_batch(dataset: Any, keys: list[tuple[int, int]], timer: Timer) -> dict[
     return batch
 
 
-def profile(cfg_path: str, overrides: list[str], steps: int, warmup: int, ops: bool) -> dict[str, Any]:
-    """Mean seconds per step of every phase over ``steps`` steps after ``warmup`` untimed ones."""
+def profile(
+    cfg_path: str, overrides: list[str], steps: int, warmup: int, ops: bool, prefill: bool = False
+) -> dict[str, Any]:
+    """Mean seconds per step of every phase over ``steps`` steps after ``warmup`` untimed ones
+    (``prefill``: after reading every sample once, which fills the decoded-sample cache)."""
     cfg = load_config(cfg_path, overrides)
+    if cfg.train.keep_freed_memory:
+        keep_freed_memory()
     seed_everything(cfg.train.seed)
     requires = method_requires(cfg)
     train_set = build_dataset(cfg, cfg.data.train_split, train=True, requires=requires)
+    train_set.cache_decoded(cfg.data.cache_mb)  # as the trainer (one loading process here)
+    if prefill:
+        for index in range(len(train_set)):
+            train_set.load_raw(index)
     model = build_model(cfg, train_set.num_classes, background=train_set.background, pretrained=True)
     method = build_method_for(cfg, train_set)
     for key, fn in method.dataset_maps().items():
@@ -171,6 +190,7 @@ def profile(cfg_path: str, overrides: list[str], steps: int, warmup: int, ops: b
         "config": cfg_path,
         "overrides": overrides,
         "steps": steps,
+        "prefill": prefill,
         "batch_size": cfg.train.batch_size,
         "threads": torch.get_num_threads(),
         "seconds_per_step": {k: round(v, 4) for k, v in mean.items()},
@@ -187,12 +207,13 @@ def main() -> None:
     p.add_argument("--method", choices=["pce", "dfr"], default="pce")
     p.add_argument("--steps", type=int, default=6, help="timed steps")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    p.add_argument("--prefill", action="store_true", help="read every sample once first (cache filled)")
     p.add_argument("--ops", action="store_true", help="also list the top operators (torch.profiler)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra config overrides")
     p.add_argument("--json", default=None, help="write the result here")
     args = p.parse_args()
     cfg_path, overrides = protocol_overrides(args.protocol, args.method, args.set)
-    result = profile(str(ROOT / cfg_path), overrides, args.steps, args.warmup, args.ops)
+    result = profile(str(ROOT / cfg_path), overrides, args.steps, args.warmup, args.ops, args.prefill)
     print(
         f"{args.protocol} / {args.method}: {result['step_s_median']:.3f} s per step (median), "
         f"batch {result['batch_size']}, {result['threads']} thread(s)"

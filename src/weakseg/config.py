@@ -99,6 +99,8 @@ class TrainConfig:
     # CPU: depthwise convolutions backpropagate through weakseg.engine.depthwise (the same forward,
     # gradients equal to float rounding, several times faster for 5x5 and dilated filters)
     fast_depthwise: bool = True
+    # CPU: glibc keeps freed memory for reuse (engine.trainer.keep_freed_memory), fewer page faults
+    keep_freed_memory: bool = True
     find_unused_parameters: bool = (
         False  # DDP: set when some parameters get no gradient (e.g. Swin + DeepLab)
     )

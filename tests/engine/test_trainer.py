@@ -172,3 +172,20 @@ def test_training_set_caches_decoded_samples_per_loading_process(tiny_data, tmp_
     assert budgets == [300.0, 150.0]
     with pytest.raises(ConfigError, match="data.cache_mb"):
         tiny_config(tiny_data, tmp_path / "bad", "data.cache_mb=-1")
+
+
+def test_cpu_training_keeps_freed_memory_for_reuse(tiny_data, tmp_path, monkeypatch):
+    import platform
+
+    from weakseg.engine import trainer
+
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert trainer.keep_freed_memory() is True  # mallopt accepted both settings
+    calls = []
+    monkeypatch.setattr(trainer, "keep_freed_memory", lambda: calls.append(1) or True)
+    for keep in (True, False):
+        cfg = tiny_config(
+            tiny_data, tmp_path / f"keep_{keep}", "train.steps=1", f"train.keep_freed_memory={keep}"
+        )
+        train(cfg, device="cpu", progress=False)
+    assert calls == [1]
