@@ -23,11 +23,12 @@ report and the next section runs):
 =============  =====================================================================================
 
 Nothing is downloaded: models start from random weights (``model.pretrained=null``) and the inputs are
-synthetic. The device needs torch (any version from 2.4); sections whose imports fail (timm, omegaconf
-and opencv for the segmentor sections, pydensecrf2 for its CRF row) record the error. ``--quick`` runs
-every section at small sizes with an EfficientNet-lite0 segmentor, fp32, so it finishes in a minute on
-a CPU; its report is named ``<date>-quick``. The report is ``benchmarks/results/gpu/<date>.json`` plus a
-markdown table ``<date>.md`` beside it.
+synthetic. ``kernel``, ``lorm`` and ``crf`` need only torch (any version from 2.4) and numpy; the
+segmentor sections also need the project's dependencies (timm, omegaconf, opencv), pydensecrf2 its CRF
+row. A section whose imports fail records the error, and the report lists which packages were there.
+``--quick`` runs every section at small sizes with an EfficientNet-lite0 segmentor, fp32, so it
+finishes in a minute on a CPU; its report is named ``<date>-quick``. The report is
+``benchmarks/results/gpu/<date>.json`` plus a markdown table ``<date>.md`` beside it.
 """
 
 from __future__ import annotations
@@ -599,6 +600,19 @@ def run_section(name: str, fn: Callable[[Context], dict[str, Any]], ctx: Context
     return result
 
 
+def package_versions() -> dict[str, str | None]:
+    """Versions of the packages the sections import (None: not importable on this machine)."""
+    import importlib
+
+    versions: dict[str, str | None] = {}
+    for name in ("numpy", "timm", "omegaconf", "cv2", "PIL", "pydensecrf"):
+        try:
+            versions[name] = str(getattr(importlib.import_module(name), "__version__", "present"))
+        except Exception:  # missing, or broken against this torch
+            versions[name] = None
+    return versions
+
+
 def environment(device: torch.device) -> dict[str, Any]:
     env: dict[str, Any] = {
         "torch": torch.__version__,
@@ -607,6 +621,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "cpu_threads": torch.get_num_threads(),
+        "packages": package_versions(),
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
@@ -709,9 +724,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gpu"), help="report folder")
     args = p.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    if device.type == "cuda":  # fp32 stays fp32 (no TF32): the kernel and LoRM sections compare values
         torch.backends.cudnn.benchmark = True
     scale = args.budget_scale * (0.5 if args.quick else 1.0)
     repeats = min(args.repeats, 2) if args.quick else args.repeats
