@@ -193,7 +193,7 @@ def sdpa_kernels(fn: Callable[[], Any]) -> list[str]:
 # --------------------------------------------------------------------------------------------------
 def _kernel_row(size: int, ctx: Context, naive_max_gb: float, lattice_ok: bool) -> dict[str, Any]:
     """Exact / naive / lattice figures of ``W·v`` on one ``size``² grid (B = 2, C = 21)."""
-    from weakseg.losses.pairwise_kernel import (
+    from weakseg.ops.pairwise_kernel import (
         gaussian_affinity_apply,
         kernel_features_rgbxy,
         naive_gaussian_affinity_apply,
@@ -244,7 +244,7 @@ def _kernel_row(size: int, ctx: Context, naive_max_gb: float, lattice_ok: bool) 
 
 def section_kernel(ctx: Context) -> dict[str, Any]:
     """Exact fused kernel vs explicit matrix vs lattice, per grid size."""
-    from weakseg.losses.pairwise_kernel import gaussian_affinity_apply
+    from weakseg.ops.pairwise_kernel import gaussian_affinity_apply
 
     sizes = [16, 24] if ctx.quick else [64, 96, 128, 192, 256]
     lattice_ok = "backend" in gaussian_affinity_apply.__code__.co_varnames

@@ -8,13 +8,11 @@ import torch.nn.functional as F
 
 from weakseg.losses.dfr import (
     dfr_regularized_loss,
-    grid_size,
     normalized_potts_loss,
-    resize_map,
     rgbxy_features,
-    roi_on_grid,
     unit_features_on_grid,
 )
+from weakseg.ops.resize import resize_area, resize_mask, scaled_size
 
 
 def _naive_potts(features, probs, roi=None, window: int | None = None):
@@ -96,13 +94,13 @@ def _reference_terms(probs, image, valid, deep, *, combination, beta, sigma_deep
     if combination == "product":
         size = deep.shape[-2:]
         feats = torch.cat([rgbxy_features(image, size, 15.0, 100.0), deep / sigma_deep], 1)
-        return {"product": _naive_potts(feats, resize_map(probs, size), roi_on_grid(valid, size))}
-    size = grid_size(h, w, scale)
+        return {"product": _naive_potts(feats, resize_area(probs, size), resize_mask(valid, size))}
+    size = scaled_size((h, w), scale)
     shallow = _naive_potts(
-        rgbxy_features(image, size, 15.0, 100.0), resize_map(probs, size), roi_on_grid(valid, size)
+        rgbxy_features(image, size, 15.0, 100.0), resize_area(probs, size), resize_mask(valid, size)
     )
     size = deep.shape[-2:]
-    deep_term = _naive_potts(deep / sigma_deep, resize_map(probs, size), roi_on_grid(valid, size))
+    deep_term = _naive_potts(deep / sigma_deep, resize_area(probs, size), resize_mask(valid, size))
     return {"shallow": shallow, "deep": beta * deep_term}
 
 
@@ -147,14 +145,7 @@ def test_shallow_only_and_bad_combination():
         dfr_regularized_loss(probs, image, None, None, combination="max")
 
 
-def test_grid_helpers():
-    assert grid_size(96, 100, 1 / 8) == (12, 12) and grid_size(3, 3, 0.1) == (1, 1)
-    valid = torch.zeros(1, 8, 8, dtype=torch.bool)
-    valid[:, :, :5] = True
-    assert roi_on_grid(valid, (2, 2)).tolist() == [[[True, False], [True, False]]]  # majority of each cell
-    assert roi_on_grid(valid, (4, 4))[0, 0].tolist() == [True, True, False, False]
+def test_unit_features_on_grid():
     x = torch.randn(2, 3, 8, 8)
-    torch.testing.assert_close(resize_map(x, (4, 4)), F.avg_pool2d(x, 2))
-    assert resize_map(x, (16, 16)).shape == (2, 3, 16, 16)
     unit = unit_features_on_grid(x, (4, 4))
     torch.testing.assert_close(unit.norm(dim=1), torch.ones(2, 4, 4))

@@ -38,12 +38,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from weakseg.cam.store import BG_SUFFIX, cam_file, save_cams, write_cam_meta
+from weakseg.ops.resize import resize_bilinear, scaled_size
 
 __all__ = [
     "DEFAULT_SCALES",
@@ -121,14 +121,6 @@ def _split_channels(
     )
 
 
-def _scaled(images: torch.Tensor, scale: float) -> torch.Tensor:
-    height, width = images.shape[-2:]
-    size = (max(1, int(round(height * scale))), max(1, int(round(width * scale))))
-    if size == (height, width):
-        return images
-    return F.interpolate(images, size=size, mode="bilinear", align_corners=False)
-
-
 def multiscale_cams(
     model: nn.Module,
     images: torch.Tensor,
@@ -171,7 +163,7 @@ def multiscale_cams(
     totals: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for scale in scales:
-            x = _scaled(images, float(scale))
+            x = resize_bilinear(images, scaled_size(images.shape[-2:], float(scale)))
             if flip:
                 x = torch.cat([x, x.flip(-1)])
             with torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
@@ -188,7 +180,7 @@ def multiscale_cams(
                         continue
                     if flip:
                         cam = cam[:batch] + cam[batch:].flip(-1)
-                    cam = F.interpolate(cam, size=size, mode="bilinear", align_corners=False)
+                    cam = resize_bilinear(cam, size)
                     totals[out_name] = cam if out_name not in totals else totals[out_name] + cam
     return totals
 

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from weakseg.ops.resize import resize_bilinear, scaled_size
+
 if TYPE_CHECKING:
     from weakseg.postprocess.crf import CRFParams
 
@@ -58,13 +60,6 @@ def _logits_of(output: Any) -> torch.Tensor:
     raise TypeError(f"model output must be a dict with 'logits' (or a tensor), got {type(output).__name__}")
 
 
-def _resize(x: torch.Tensor, size: Size2) -> torch.Tensor:
-    """Bilinear resize of ``[B, C, h, w]`` to ``size`` (a no-op when the size already matches)."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-
-
 def _full_logits(
     model: nn.Module, x: torch.Tensor, autocast_dtype: torch.dtype | None = None
 ) -> torch.Tensor:
@@ -74,7 +69,7 @@ def _full_logits(
     """
     with torch.autocast(device_type=x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
         logits = _logits_of(model(x))
-    return _resize(logits.float(), tuple(x.shape[-2:]))
+    return resize_bilinear(logits.float(), x.shape[-2:])
 
 
 def window_positions(length: int, window: int, stride: int) -> list[int]:
@@ -132,10 +127,6 @@ def _grid(ph: int, pw: int, wh: int, ww: int, sh: int, sw: int) -> Iterator[Size
             yield top, left
 
 
-def _scaled_size(base: Size2, scale: float) -> Size2:
-    return max(1, int(round(base[0] * scale))), max(1, int(round(base[1] * scale)))
-
-
 def predict_probs(
     model: nn.Module,
     images: torch.Tensor,
@@ -182,7 +173,7 @@ def predict_probs(
     total: torch.Tensor | None = None
     with torch.no_grad():
         for scale in scales:
-            scaled = _resize(images, _scaled_size(base, float(scale)))
+            scaled = resize_bilinear(images, scaled_size(base, float(scale)))
             for mirrored in flips:
                 x = scaled.flip(-1) if mirrored else scaled
                 if window is None:
@@ -196,7 +187,7 @@ def predict_probs(
                 probs = torch.softmax(logits.float(), dim=1)
                 if mirrored:
                     probs = probs.flip(-1)
-                probs = _resize(probs, target)
+                probs = resize_bilinear(probs, target)
                 total = probs if total is None else total + probs
     assert total is not None
     probs = total / float(len(scales) * len(flips))
@@ -209,7 +200,7 @@ def _refine_with_crf(probs: torch.Tensor, images: torch.Tensor, params: CRFParam
     """Dense-CRF marginals ``[B, K, H', W']`` of ``probs`` ``[B, K, H', W']`` with ``images`` as guide."""
     from weakseg.postprocess.crf import refine_probs_with_crf
 
-    guide = _resize(images.float(), tuple(probs.shape[-2:])).clamp(0.0, 1.0)
+    guide = resize_bilinear(images.float(), probs.shape[-2:]).clamp(0.0, 1.0)
     return refine_probs_with_crf(probs, guide.to(probs.device), params)
 
 

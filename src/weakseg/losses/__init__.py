@@ -6,7 +6,6 @@ from weakseg.losses.dice import soft_dice_loss
 from weakseg.losses.feature_consistency import pairwise_consistency_loss
 from weakseg.losses.gated_crf import GatedCRFKernel, gated_crf_loss
 from weakseg.losses.multilabel import multilabel_soft_margin_loss
-from weakseg.losses.pairwise_kernel import gaussian_affinity_apply, kernel_features_rgbxy
 from weakseg.losses.partial_ce import partial_cross_entropy
 
 __all__ = [
@@ -14,8 +13,6 @@ __all__ = [
     "dense_crf_loss",
     "dfr_regularized_loss",
     "gated_crf_loss",
-    "gaussian_affinity_apply",
-    "kernel_features_rgbxy",
     "multilabel_soft_margin_loss",
     "normalized_potts_loss",
     "pairwise_consistency_loss",

@@ -13,7 +13,7 @@ batch loss is the mean over images. The mass is computed with the same kernel pa
 
 Because sum_k S_k = 1 on every pixel, ``sum_k S_k^T K 1 = 1^T K 1`` and ``E = 1 - sum_k S_k^T K S_k / mass``:
 the gradient is ``dE/dS_k = -2 K S_k / mass``. :func:`normalized_potts_loss` applies the kernel once to the
-detached ``[S, 1]`` (exact fused evaluation, :mod:`weakseg.losses.pairwise_kernel`) and returns a surrogate
+detached ``[S, 1]`` (exact fused evaluation, :mod:`weakseg.ops.pairwise_kernel`) and returns a surrogate
 with exactly that value and gradient, like rloss's hand-written backward, so no autograd graph is kept
 through the ``N x N`` interactions, and the kernel features never receive a gradient (DFR's stop-gradient on
 the deep features).
@@ -37,47 +37,26 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from weakseg.losses.pairwise_kernel import gaussian_affinity_apply, kernel_features_rgbxy
+from weakseg.ops.pairwise_kernel import gaussian_affinity_apply, kernel_features_rgbxy
+from weakseg.ops.resize import resize_area, resize_mask, scaled_size
 
 KERNEL_COMBINATIONS = ("sum", "product")
 KERNEL_MODES = ("dense", "local")
 
 
-def grid_size(height: int, width: int, scale: float) -> tuple[int, int]:
-    """Size of the ``scale``-times grid of an ``height x width`` image (rounded, at least 1x1)."""
-    return max(1, round(height * scale)), max(1, round(width * scale))
-
-
-def resize_map(x: Tensor, size: Sequence[int]) -> Tensor:
-    """Resample ``[B, C, h, w]`` to ``size``: area averaging when shrinking both sides, else bilinear."""
-    size = (int(size[0]), int(size[1]))
-    if tuple(x.shape[-2:]) == size:
-        return x
-    if size[0] <= x.shape[-2] and size[1] <= x.shape[-1]:
-        return F.interpolate(x, size=size, mode="area")
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-
-
-def roi_on_grid(valid: Tensor | None, size: Sequence[int]) -> Tensor | None:
-    """bool ``[B, H, W]`` -> bool ``[B, h, w]``: a cell is inside when most of its pixels are."""
-    if valid is None:
-        return None
-    return resize_map(valid[:, None].float(), size)[:, 0] > 0.5
-
-
 def unit_features_on_grid(features: Tensor, size: Sequence[int]) -> Tensor:
     """L2-normalise per pixel, resample to ``size``, normalise again: ``[B, D, h, w]`` unit vectors."""
-    return F.normalize(resize_map(F.normalize(features.float(), dim=1), size), dim=1)
+    return F.normalize(resize_area(F.normalize(features.float(), dim=1), size), dim=1)
 
 
 def rgbxy_features(image: Tensor, size: Sequence[int], sigma_rgb: float, sigma_xy: float) -> Tensor:
     """Shallow kernel features of ``image`` (float ``[B, 3, H, W]`` in [0, 1]) on an ``h x w`` grid.
 
     The image is resampled to ``size`` (area/bilinear) and passed to
-    :func:`~weakseg.losses.pairwise_kernel.kernel_features_rgbxy` with colours x255 and scale ``h / H``, so
+    :func:`~weakseg.ops.pairwise_kernel.kernel_features_rgbxy` with colours x255 and scale ``h / H``, so
     ``sigma_xy`` stays in original-image pixels. Returns ``[B, 5, h, w]``.
     """
-    small = resize_map(image.float(), size)
+    small = resize_area(image.float(), size)
     return kernel_features_rgbxy(small * 255.0, sigma_rgb, sigma_xy, scale=small.shape[-2] / image.shape[-2])
 
 
@@ -98,7 +77,7 @@ def normalized_potts_loss(
         roi: bool ``[B, h, w]`` pixels that take part; None = all.
         mode, radius: dense (all pairs) or local window evaluation of the kernel.
         backend: dense mode's ``"exact"`` kernel, the permutohedral ``"lattice"`` or ``"auto"``
-            (:func:`~weakseg.losses.pairwise_kernel.gaussian_affinity_apply`; the quotient is
+            (:func:`~weakseg.ops.pairwise_kernel.gaussian_affinity_apply`; the quotient is
             insensitive to the lattice's overall scale).
 
     Returns:
@@ -170,16 +149,16 @@ def dfr_regularized_loss(
         shallow = rgbxy_features(image, size, sigma_rgb, sigma_xy)
         feats = torch.cat([shallow, deep_features.detach().float() / sigma_deep], dim=1)
         loss = normalized_potts_loss(
-            feats, resize_map(probs, size), roi_on_grid(valid, size), mode=deep_mode, radius=deep_radius
+            feats, resize_area(probs, size), resize_mask(valid, size), mode=deep_mode, radius=deep_radius
         )
         return {"product": loss}
-    size = grid_size(height, width, shallow_scale)
+    size = scaled_size((height, width), shallow_scale)
     shallow = rgbxy_features(image, size, sigma_rgb, sigma_xy)
     terms = {
         "shallow": normalized_potts_loss(
             shallow,
-            resize_map(probs, size),
-            roi_on_grid(valid, size),
+            resize_area(probs, size),
+            resize_mask(valid, size),
             mode=shallow_mode,
             radius=shallow_radius,
             backend=shallow_backend,
@@ -189,8 +168,8 @@ def dfr_regularized_loss(
         size = tuple(deep_features.shape[-2:])
         terms["deep"] = beta * normalized_potts_loss(
             deep_features.detach().float() / sigma_deep,
-            resize_map(probs, size),
-            roi_on_grid(valid, size),
+            resize_area(probs, size),
+            resize_mask(valid, size),
             mode=deep_mode,
             radius=deep_radius,
         )

@@ -43,10 +43,10 @@ from weakseg.losses.affinity import adaptive_affinity_loss
 from weakseg.losses.label_reassign import reassign_labels, reassigned_cross_entropy
 from weakseg.losses.multilabel import multilabel_soft_margin_loss
 from weakseg.losses.partial_ce import partial_cross_entropy
-from weakseg.losses.resample import nearest_resize
 from weakseg.methods.base import Method, register_method
 from weakseg.methods.cam import check_tag_variety
 from weakseg.models.classifier import foreground_indices, insert_background
+from weakseg.ops.resize import resize_nearest
 from weakseg.postprocess.crf import CRFParams
 
 __all__ = ["AAL", "AALParams"]
@@ -242,8 +242,8 @@ class AAL(Method):
             losses["seg"] = p.seg_weight * partial_cross_entropy(logits, labels, self.ignore_index)
         if p.use_aa:
             grid = tuple(embedding.shape[-2:])
-            grid_labels = nearest_resize(labels, grid)
-            grid_conf = nearest_resize(confidence, grid) if p.aa_confidence else None
+            grid_labels = resize_nearest(labels, grid)
+            grid_conf = resize_nearest(confidence, grid) if p.aa_confidence else None
             losses["aa"] = p.aa_weight * adaptive_affinity_loss(
                 embedding,
                 grid_labels,

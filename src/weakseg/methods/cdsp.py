@@ -39,8 +39,8 @@ from weakseg.data.distance_maps import BoundaryDistanceMap, ScribbleDistanceMap
 from weakseg.losses.distance_entropy import distance_entropy_loss
 from weakseg.losses.lorm import LORM_MASK_AXES, LORM_REDUCTIONS, LoRM, lorm_loss
 from weakseg.losses.partial_ce import partial_cross_entropy
-from weakseg.losses.resample import nearest_resize
 from weakseg.methods.base import Method, register_method
+from weakseg.ops.resize import resize_nearest
 
 SCRIBBLE_MAP, BOUNDARY_MAP = "dist_scribble", "dist_pseudo"
 UNCERTAIN_READINGS = ("ignore", "background")
@@ -111,7 +111,7 @@ class CDSP(Method):
     def foreground(self, pseudo: Tensor, size: tuple[int, int]) -> Tensor:
         """LoRM's row mask ``M``: ``[B, H, W]`` pseudo-label → bool ``[B, h, w]`` (nearest resize);
         foreground = neither background nor ignored (every labelled pixel without a background class)."""
-        small = nearest_resize(pseudo, size)
+        small = resize_nearest(pseudo, size)
         keep = small != self.ignore_index
         return keep if self.background is None else keep & (small != self.background)
 

@@ -43,15 +43,13 @@ from weakseg.losses.dfr import (
     KERNEL_COMBINATIONS,
     KERNEL_MODES,
     dfr_regularized_loss,
-    grid_size,
-    resize_map,
-    roi_on_grid,
     unit_features_on_grid,
 )
 from weakseg.losses.feature_consistency import consistency_labels, labels_to_grid, pairwise_consistency_loss
 from weakseg.losses.partial_ce import partial_cross_entropy
 from weakseg.methods.base import Method, register_method
 from weakseg.models.consistency_head import FeatureConsistencyHead
+from weakseg.ops.resize import resize_area, resize_mask, scaled_size
 
 DEEP_KERNELS = ("none", "frozen", "dynamic")
 FEATURE_SOURCES = ("embedding", "backbone")
@@ -260,7 +258,7 @@ class DFR(Method):
         valid = batch.get("valid")
         terms = {"pce": p.pce_weight * partial_cross_entropy(logits, scribble, self.ignore_index)}
         probs = logits.float().softmax(dim=1)
-        size = grid_size(image.shape[-2], image.shape[-1], 1.0 / p.deep_stride)
+        size = scaled_size(image.shape[-2:], 1.0 / p.deep_stride)
         active = self.deep_kernel_active()
 
         deep: Tensor | None = None
@@ -311,7 +309,7 @@ class DFR(Method):
         x = self._source_feature(outputs)
         if not self.params.head_input_grad:
             x = x.detach()
-        return self.head(resize_map(x, size))
+        return self.head(resize_area(x, size))
 
     def consistency_loss(
         self, embeddings: Tensor, probs: Tensor, scribble: Tensor, valid: Tensor | None
@@ -321,9 +319,9 @@ class DFR(Method):
         size = tuple(embeddings.shape[-2:])
         with torch.no_grad():
             labels, from_scribble = consistency_labels(
-                resize_map(probs.detach(), size),
+                resize_area(probs.detach(), size),
                 labels_to_grid(scribble, size, self.num_classes, self.ignore_index),
-                roi_on_grid(valid, size),
+                resize_mask(valid, size),
                 threshold=p.confidence_threshold,
                 ignore_index=self.ignore_index,
             )

@@ -2,7 +2,7 @@
 
 from weakseg.models.backbones import BACKBONES, Backbone, available_backbones, create_backbone
 from weakseg.models.heads import HEADS, available_heads, create_head
-from weakseg.models.segmentor import Segmentor, create_segmentor, upsample_logits
+from weakseg.models.segmentor import Segmentor, create_segmentor
 from weakseg.models.weights import LoadReport, WeightsError, load_pretrained
 
 __all__ = [
@@ -18,5 +18,4 @@ __all__ = [
     "create_head",
     "create_segmentor",
     "load_pretrained",
-    "upsample_logits",
 ]

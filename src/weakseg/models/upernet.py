@@ -27,16 +27,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from weakseg.models.heads import HEADS, ConvNormAct, _init_classifier, _init_hidden, make_norm
+from weakseg.ops.resize import resize_bilinear
 
 #: the rescaling factors of :class:`SimplePyramid` (stride 16 -> 4, 8, 16, 32)
 PYRAMID_SCALES = (4.0, 2.0, 1.0, 0.5)
-
-
-def _resize(x: Tensor, size: Sequence[int]) -> Tensor:
-    """Bilinear resize of ``[B, C, h, w]`` to ``size`` (no-op when already there; ``align_corners=False``)."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
 
 
 class PyramidPooling(nn.Module):
@@ -53,7 +47,9 @@ class PyramidPooling(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         size = x.shape[-2:]
-        pooled = [_resize(b(F.adaptive_avg_pool2d(x, s)), size) for s, b in zip(self.scales, self.branches)]
+        pooled = [
+            resize_bilinear(b(F.adaptive_avg_pool2d(x, s)), size) for s, b in zip(self.scales, self.branches)
+        ]
         return torch.cat([x, *pooled], dim=1)
 
 
@@ -159,10 +155,10 @@ class UperNetHead(nn.Module):
         top = self.bottleneck(self.ppm(levels[-1]))
         merged = [lateral(x) for lateral, x in zip(self.laterals, levels[:-1])] + [top]
         for i in range(len(merged) - 1, 0, -1):  # top-down: coarse into fine
-            merged[i - 1] = merged[i - 1] + _resize(merged[i], merged[i - 1].shape[-2:])
+            merged[i - 1] = merged[i - 1] + resize_bilinear(merged[i], merged[i - 1].shape[-2:])
         outs = [conv(x) for conv, x in zip(self.fpn_convs, merged[:-1])] + [top]
         size = outs[0].shape[-2:]
-        embedding = self.fuse(torch.cat([_resize(x, size) for x in outs], dim=1))
+        embedding = self.fuse(torch.cat([resize_bilinear(x, size) for x in outs], dim=1))
         return self.classifier(self.dropout(embedding)), embedding
 
 

@@ -7,7 +7,7 @@ import resource
 import pytest
 import torch
 
-from weakseg.losses.pairwise_kernel import (
+from weakseg.ops.pairwise_kernel import (
     gaussian_affinity_apply,
     kernel_features_rgbxy,
     naive_gaussian_affinity_apply,

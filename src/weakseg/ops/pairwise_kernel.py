@@ -37,7 +37,7 @@ Precision: everything runs in fp32 with autocast disabled (inputs of any float d
 output is fp32). In dense mode the score ``f_i·f_j - |f_i|²/2 - |f_j|²/2`` loses ~``ε·|f|²`` absolutely
 to cancellation, so features are centred per image (mean over ROI pixels) first; with centred
 ``|f|² ≲ 300`` the weights are within ~3e-5 relative of the exact ones, and typically ~1e-6 (see
-tests/losses/test_pairwise_kernel.py for the measured tolerances).
+tests/ops/test_pairwise_kernel.py for the measured tolerances).
 """
 
 from __future__ import annotations
