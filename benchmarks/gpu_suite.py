@@ -264,7 +264,7 @@ def section_kernel(ctx: Context) -> dict[str, Any]:
 
 def _lorm_row(batch: int, grid: int, channels: int, dtype: torch.dtype, ctx: Context) -> dict[str, Any]:
     """Fused and explicit LoRM forward + backward at one setting, and the SDPA ops the fused one runs."""
-    from weakseg.losses.lorm import lorm_attention, lorm_attention_explicit
+    from weakseg.models.lorm import lorm_attention, lorm_attention_explicit
 
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(batch, channels, grid, grid, generator=gen) for _ in range(3))

@@ -11,7 +11,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from weakseg.cam.inference import normalise_cams
 from weakseg.cam.pseudo_labels import PseudoLabelParams, ir_labels, make_pseudo_labels
 from weakseg.cam.store import cam_file, save_cams, write_cam_meta
 from weakseg.config import load_config
@@ -20,6 +19,7 @@ from weakseg.io import atomic_save_image, atomic_save_label_png, read_label
 from weakseg.methods import build_method
 from weakseg.methods.aal import AAL
 from weakseg.models.single_stage import SingleStageNetwork, create_single_stage
+from weakseg.ops.class_maps import max_normalize
 from weakseg.postprocess.crf import CRFParams
 
 IGNORE = 255
@@ -172,7 +172,7 @@ def _offline_inputs(cam: torch.Tensor, tags: torch.Tensor, size: tuple[int, int]
     the tagged foreground channels and their class indices."""
     k = tags.shape[1]
     fg = [c for c in range(k) if c != background]
-    maps = normalise_cams(F.interpolate(cam.relu(), size=size, mode="bilinear", align_corners=False))
+    maps = max_normalize(F.interpolate(cam.relu(), size=size, mode="bilinear", align_corners=False))
     cams, keys = [], []
     for b in range(cam.shape[0]):
         present = [i for i, c in enumerate(fg) if tags[b, c] > 0.5]

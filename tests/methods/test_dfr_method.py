@@ -12,7 +12,7 @@ from torch import nn
 
 import weakseg.methods.dfr as dfr_module
 from weakseg.config import ConfigError, load_config
-from weakseg.losses.dfr import unit_features_on_grid
+from weakseg.losses.normalized_potts import unit_features_on_grid
 from weakseg.methods import build_method
 from weakseg.methods.dfr import DFR, DFRParams
 from weakseg.models import create_segmentor
@@ -394,7 +394,7 @@ def test_dfr_pull_matches_rloss_published_balance() -> None:
     import numpy as np
     from PIL import Image
 
-    from weakseg.losses.dfr import dfr_regularized_loss
+    from weakseg.losses.normalized_potts import dfr_regularized_loss
 
     root = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "voc-samples" / "VOC2012"
     if not root.is_dir():

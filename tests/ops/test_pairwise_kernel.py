@@ -259,7 +259,7 @@ def test_auto_backend_keeps_the_exact_kernel_for_small_grids_and_feature_gradien
 
 
 def test_dfr_shallow_kernel_backend_reaches_the_normalised_potts_loss() -> None:
-    from weakseg.losses.dfr import dfr_regularized_loss
+    from weakseg.losses.normalized_potts import dfr_regularized_loss
 
     gen = torch.Generator().manual_seed(4)
     image = torch.rand(2, 3, 96, 128, generator=gen)

@@ -9,7 +9,7 @@
 The command line is ``weakseg cam``, ``weakseg cam evaluate`` and ``weakseg pseudo-labels``.
 """
 
-from weakseg.cam.inference import DEFAULT_SCALES, infer_cams, multiscale_cams, normalise_cams
+from weakseg.cam.inference import DEFAULT_SCALES, infer_cams, multiscale_cams
 from weakseg.cam.seeds import DEFAULT_THRESHOLDS, SeedSweep, combine_cams, evaluate_seeds, seed_labels
 from weakseg.cam.store import CamRecord, load_cam_meta, load_cams, save_cams
 
@@ -24,7 +24,6 @@ __all__ = [
     "load_cam_meta",
     "load_cams",
     "multiscale_cams",
-    "normalise_cams",
     "save_cams",
     "seed_labels",
 ]

@@ -17,7 +17,8 @@ For each image and map (SFC §4 "CAM inference", as the SFC / IRN code computes 
 2. ReLU at the network's resolution (the reference networks return ReLU'd maps); the mirrored
    map is flipped back and added;
 3. each scale's map is upsampled bilinearly to the image size (H, W) and the scales are summed;
-4. every channel is divided by its spatial maximum (+1e-5), so maps lie in [0, 1];
+4. every channel is divided by its spatial maximum (+1e-5), so maps lie in [0, 1]
+   (:func:`~weakseg.ops.class_maps.max_normalize`);
 5. only the channels of the image's foreground tags are kept (and the own background, if any).
 
 Reading chosen: the issue text lists "upsample, ReLU"; the SFC / IRN code applies the ReLU before
@@ -43,26 +44,19 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from weakseg.cam.store import BG_SUFFIX, cam_file, save_cams, write_cam_meta
+from weakseg.ops.class_maps import foreground_indices, max_normalize
 from weakseg.ops.resize import resize_bilinear, scaled_size
 
 __all__ = [
     "DEFAULT_SCALES",
     "find_cam_keys",
-    "foreground_classes",
     "infer_cams",
     "multiscale_cams",
-    "normalise_cams",
     "output_maps",
     "present_foreground",
 ]
 
 DEFAULT_SCALES: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)
-NORM_EPS = 1e-5
-
-
-def foreground_classes(num_classes: int, background: int | None) -> list[int]:
-    """Dataset class indices of the CAM channels: every class but the background, in order."""
-    return [c for c in range(num_classes) if c != background]
 
 
 def present_foreground(
@@ -72,7 +66,7 @@ def present_foreground(
     tags = np.asarray(tags.detach().cpu() if isinstance(tags, torch.Tensor) else tags).reshape(-1)
     if tags.size != num_classes:
         raise ValueError(f"tags have {tags.size} entries, expected one per class ({num_classes})")
-    fg = foreground_classes(num_classes, background)
+    fg = foreground_indices(num_classes, background)
     return np.asarray([c for c in fg if tags[c] > 0.5], dtype=np.int64)
 
 
@@ -185,12 +179,6 @@ def multiscale_cams(
     return totals
 
 
-def normalise_cams(cams: torch.Tensor, eps: float = NORM_EPS) -> torch.Tensor:
-    """Divide each channel of ``[..., H, W]`` maps by its spatial maximum + ``eps`` (step 4)."""
-    peak = cams.flatten(-2).amax(dim=-1)[..., None, None]
-    return cams / (peak + eps)
-
-
 def _collate_list(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return batch
 
@@ -255,7 +243,7 @@ def infer_cams(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = _model_device(model)
-    fg = foreground_classes(num_classes, background)
+    fg = foreground_indices(num_classes, background)
     ids = getattr(dataset, "ids", None)
     todo = list(range(len(dataset)))  # type: ignore[arg-type]
     if ids is not None and not overwrite:
@@ -300,12 +288,12 @@ def infer_cams(
                     [fg.index(int(c)) for c in present], dtype=torch.long, device=device
                 )
                 kept = {
-                    name: normalise_cams(value[b].index_select(0, channels))
+                    name: max_normalize(value[b].index_select(0, channels))
                     for name, value in maps.items()
                     if not name.endswith(BG_SUFFIX)
                 }
                 own_bg = {
-                    name[: -len(BG_SUFFIX)]: normalise_cams(value[b, 0])
+                    name[: -len(BG_SUFFIX)]: max_normalize(value[b, 0])
                     for name, value in maps.items()
                     if name.endswith(BG_SUFFIX)
                 }

@@ -55,7 +55,6 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from weakseg.cam.inference import foreground_classes, normalise_cams
 from weakseg.cam.seeds import (
     RULES,
     check_dataset_matches,
@@ -67,6 +66,7 @@ from weakseg.cam.seeds import (
 from weakseg.cam.store import SamplesWithCams, keep_as_list, load_cam_meta
 from weakseg.io import DataError, atomic_save_label_png, atomic_write_json, json_safe
 from weakseg.metrics import ConfusionMatrix, nanmean, per_class_iou
+from weakseg.ops.class_maps import foreground_indices, max_normalize
 from weakseg.postprocess.crf import CRFParams, dense_crf, pydensecrf_reference
 from weakseg.viz import make_palette
 
@@ -299,7 +299,7 @@ def cam_pseudo_labels(
 
     The single-scale, unflipped version of ``weakseg cam`` followed by ``weakseg pseudo-labels``:
     ``ReLU`` at the network's resolution, bilinear upsampling to the image size, each channel divided
-    by its spatial maximum + 1e-5 (:func:`~weakseg.cam.inference.normalise_cams`; over the valid pixels),
+    by its spatial maximum + 1e-5 (:func:`~weakseg.ops.class_maps.max_normalize`; over the valid pixels),
     only the tagged classes kept, then :func:`batched_ir_labels`. Runs without gradient, in fp32
     with autocast disabled.
 
@@ -317,7 +317,7 @@ def cam_pseudo_labels(
         ``(labels, scores)``: int64 ``[B, H, W]`` pseudo masks (255 = uncertain) and the float32
         ``[B, C, H, W]`` normalised maps the rule saw (0 for untagged classes).
     """
-    fg = foreground_classes(num_classes, background)
+    fg = foreground_indices(num_classes, background)
     if cam.ndim != 4 or cam.shape[1] != len(fg):
         raise ValueError(
             f"expected raw CAMs [B, {len(fg)}, h, w] ({num_classes} classes, background {background}), "
@@ -334,7 +334,7 @@ def cam_pseudo_labels(
         if background is not None:
             fg_index = fg_index + (fg_index >= background).long()
         present = tags.index_select(1, fg_index) > 0.5
-        scores = normalise_cams(maps) * present[:, :, None, None]
+        scores = max_normalize(maps) * present[:, :, None, None]
         labels = batched_ir_labels(
             scores,
             fg_index.expand(cam.shape[0], -1),

@@ -45,7 +45,7 @@ from weakseg.losses.multilabel import multilabel_soft_margin_loss
 from weakseg.losses.partial_ce import partial_cross_entropy
 from weakseg.methods.base import Method, register_method
 from weakseg.methods.cam import check_tag_variety
-from weakseg.models.classifier import foreground_indices, insert_background
+from weakseg.ops.class_maps import foreground_indices, insert_background
 from weakseg.ops.resize import resize_nearest
 from weakseg.postprocess.crf import CRFParams
 

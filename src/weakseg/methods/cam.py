@@ -35,7 +35,8 @@ from torch import Tensor, nn
 from weakseg.losses.multilabel import multilabel_soft_margin_loss
 from weakseg.methods.base import Method, register_method
 from weakseg.metrics import ConfusionMatrix
-from weakseg.models.classifier import DEFAULT_BG_THRESHOLD, cam_seed_logits, foreground_indices
+from weakseg.models.classifier import DEFAULT_BG_THRESHOLD, cam_seed_logits
+from weakseg.ops.class_maps import foreground_indices
 
 
 @dataclass

@@ -39,13 +39,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from weakseg.losses.dfr import (
+from weakseg.losses.feature_consistency import consistency_labels, labels_to_grid, pairwise_consistency_loss
+from weakseg.losses.normalized_potts import (
     KERNEL_COMBINATIONS,
     KERNEL_MODES,
     dfr_regularized_loss,
     unit_features_on_grid,
 )
-from weakseg.losses.feature_consistency import consistency_labels, labels_to_grid, pairwise_consistency_loss
 from weakseg.losses.partial_ce import partial_cross_entropy
 from weakseg.methods.base import Method, register_method
 from weakseg.models.consistency_head import FeatureConsistencyHead

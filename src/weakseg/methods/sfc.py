@@ -53,18 +53,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from weakseg.losses.multilabel import multilabel_soft_margin_loss
-from weakseg.losses.sfc import (
-    background_from_foreground,
-    class_prototypes,
+from weakseg.losses.cam_consistency import (
     distribution_coefficients,
-    max_normalize,
-    pcm_propagate,
-    prototype_cam,
     prototype_consistency_loss,
     scale_consistency_loss,
-    seed_masks,
 )
+from weakseg.losses.multilabel import multilabel_soft_margin_loss
 from weakseg.methods.base import register_method
 from weakseg.methods.cam import (  # noqa: F401  (ClassCounts, count_classes: re-exported)
     CAM,
@@ -74,7 +68,16 @@ from weakseg.methods.cam import (  # noqa: F401  (ClassCounts, count_classes: re
     params_from_spec,
 )
 from weakseg.methods.image_bank import ImageBank
-from weakseg.models.classifier import DEFAULT_BG_THRESHOLD, insert_background
+from weakseg.models.classifier import DEFAULT_BG_THRESHOLD
+from weakseg.ops.class_maps import (
+    background_from_foreground,
+    class_prototypes,
+    insert_background,
+    max_normalize,
+    pcm_propagate,
+    prototype_cam,
+    seed_masks,
+)
 
 DC_COUNTS = ("images", "pixels", "uniform")
 

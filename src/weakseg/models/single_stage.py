@@ -31,9 +31,10 @@ import torch
 from torch import Tensor, nn
 
 from weakseg.models.backbones import Backbone, Pretrained, create_backbone
-from weakseg.models.classifier import class_activation, foreground_indices
+from weakseg.models.classifier import class_activation
 from weakseg.models.heads import create_head
 from weakseg.models.network import BackboneNetwork
+from weakseg.ops.class_maps import foreground_indices
 
 __all__ = ["SingleStageNetwork", "create_single_stage"]
 

@@ -1,4 +1,4 @@
-"""CDSP's localization rectification module (LoRM) and its loss, without the (HW)×(HW) matrix.
+"""CDSP's localization rectification module (LoRM), without the (HW)×(HW) matrix.
 
 LoRM re-estimates each foreground feature as an attention-weighted average of all features of its
 image, with cosine similarities as scores (no temperature)::
@@ -6,7 +6,7 @@ image, with cosine similarities as scores (no temperature)::
     q = W_q F,  k = W_k F                       (1×1 convs, C → C)
     A_ij = softmax_j(cos(q_i, k_j))
     F̂_i = δ · M_i · Σ_j A_ij F_j                (M_i = 1 where the pseudo-label at i is foreground)
-    L_lorm = MSE(F, F̂)
+    L_lorm = MSE(F, F̂)                          (:func:`weakseg.losses.feature_rectification.lorm_loss`)
 
 That is the authors' code: ``M`` masks the *query* rows of ``A``. The paper's text for its Eq. 11 ("the
 background features in each row A_i are largely suppressed") reads as masking the *key* columns instead,
@@ -28,16 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = [
-    "LORM_MASK_AXES",
-    "LORM_REDUCTIONS",
-    "LoRM",
-    "lorm_attention",
-    "lorm_attention_explicit",
-    "lorm_loss",
-]
+__all__ = ["LORM_MASK_AXES", "LoRM", "lorm_attention", "lorm_attention_explicit"]
 
-LORM_REDUCTIONS = ("authors", "foreground")
 LORM_MASK_AXES = ("query", "key")
 
 
@@ -92,22 +84,6 @@ def lorm_attention_explicit(
     m = row_mask.to(attn.dtype).flatten(1)  # [B, N]
     attn = attn * (m[:, :, None] if mask_axis == "query" else m[:, None, :])
     return (v.flatten(2) @ attn.transpose(1, 2)).reshape(b, c, h, w)
-
-
-def lorm_loss(features: Tensor, rectified: Tensor, row_mask: Tensor, reduction: str = "authors") -> Tensor:
-    """MSE between the features ``F`` and their rectification ``F̂`` (both ``[B, C, h, w]``).
-
-    ``reduction="authors"`` (default, as the CDSP authors' code): ``Σ (F − F̂)² / #{(F − F̂)² ≠ 0}``
-    over all positions; ``F̂ = 0`` off the foreground, so the loss also pulls background features
-    toward 0. ``"foreground"``: the mean over the positions of ``row_mask`` only (0 without any).
-    """
-    sq = (features.float() - rectified.float()).square()
-    if reduction == "authors":
-        return sq.sum() / torch.count_nonzero(sq.detach()).clamp_min(1)
-    if reduction == "foreground":
-        keep = row_mask.to(sq.dtype).unsqueeze(1)
-        return (sq * keep).sum() / (keep.sum() * sq.shape[1]).clamp_min(1)
-    raise ValueError(f"lorm reduction is {reduction!r}; expected one of {LORM_REDUCTIONS}")
 
 
 class LoRM(nn.Module):

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from weakseg.losses.dfr import (
+from weakseg.losses.normalized_potts import (
     dfr_regularized_loss,
     normalized_potts_loss,
     rgbxy_features,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from weakseg.losses.lorm import LoRM, lorm_attention, lorm_attention_explicit, lorm_loss
+from weakseg.losses.feature_rectification import lorm_loss
+from weakseg.models.lorm import LoRM, lorm_attention, lorm_attention_explicit
 
 
 def _inputs(b=2, c=8, h=5, w=6, seed=0):
