@@ -44,8 +44,9 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from weakseg.cam.store import BG_SUFFIX, cam_file, save_cams, write_cam_meta
+from weakseg.data.collate import group_by_shape, keep_as_list
 from weakseg.ops.class_maps import foreground_indices, max_normalize
-from weakseg.ops.resize import resize_bilinear, scaled_size
+from weakseg.ops.multiscale import multiscale_flip_sum
 
 __all__ = [
     "DEFAULT_SCALES",
@@ -151,43 +152,28 @@ def multiscale_cams(
     if not scales:
         raise ValueError("scales must name at least one scale")
     maps_fn = maps_fn or output_maps
-    batch = images.shape[0]
-    size = tuple(images.shape[-2:])
     pass_tags = None if tags is None else (torch.cat([tags, tags]) if flip else tags)
-    totals: dict[str, torch.Tensor] = {}
+    chosen = list(keys) if keys else None
+
+    def cams_of(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        nonlocal chosen
+        with torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            outputs = model(x)
+        maps = maps_fn(outputs, pass_tags)
+        if chosen:  # backgrounds come with their map
+            chosen = find_cam_keys(maps, [k for k in chosen if not k.endswith(BG_SUFFIX)])
+        else:
+            chosen = list(maps)  # every scale gives the same maps
+        out = {}
+        for name in chosen:
+            fg_maps, bg_map = _split_channels(torch.relu(maps[name].float()), foreground, name)
+            out[name] = fg_maps
+            if bg_map is not None:
+                out[name + BG_SUFFIX] = bg_map
+        return out
+
     with torch.no_grad():
-        for scale in scales:
-            x = resize_bilinear(images, scaled_size(images.shape[-2:], float(scale)))
-            if flip:
-                x = torch.cat([x, x.flip(-1)])
-            with torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                outputs = model(x)
-            maps = maps_fn(outputs, pass_tags)
-            if keys:  # backgrounds come with their map
-                keys = find_cam_keys(maps, [k for k in keys if not k.endswith(BG_SUFFIX)])
-            else:
-                keys = list(maps)  # every scale gives the same maps
-            for name in keys:
-                fg_maps, bg_map = _split_channels(torch.relu(maps[name].float()), foreground, name)
-                for out_name, cam in ((name, fg_maps), (name + BG_SUFFIX, bg_map)):
-                    if cam is None:
-                        continue
-                    if flip:
-                        cam = cam[:batch] + cam[batch:].flip(-1)
-                    cam = resize_bilinear(cam, size)
-                    totals[out_name] = cam if out_name not in totals else totals[out_name] + cam
-    return totals
-
-
-def _collate_list(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return batch
-
-
-def _group_by_size(samples: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    groups: dict[tuple[int, ...], list[dict[str, Any]]] = {}
-    for sample in samples:
-        groups.setdefault(tuple(sample["image"].shape), []).append(sample)
-    return list(groups.values())
+        return multiscale_flip_sum(images, cams_of, scales=scales, flip=flip, flip_in_batch=True)
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -253,12 +239,12 @@ def infer_cams(
         batch_size=batch_size,
         shuffle=False,
         num_workers=num_workers,
-        collate_fn=_collate_list,
+        collate_fn=keep_as_list,
     )
     found_keys: list[str] | None = list(keys) if keys else None
     bar = tqdm(total=len(todo), desc="cams", unit="img", disable=not progress, dynamic_ncols=True)
     for samples in loader:
-        for group in _group_by_size(samples):
+        for group in group_by_shape(samples, lambda sample: tuple(sample["image"].shape)):
             for sample in group:
                 if "tags" not in sample:
                     raise ValueError(f"sample {sample.get('id')!r} has no 'tags': CAM inference needs tags")

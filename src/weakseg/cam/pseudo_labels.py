@@ -63,7 +63,8 @@ from weakseg.cam.seeds import (
     combine_cams,
     sfc_scores,
 )
-from weakseg.cam.store import SamplesWithCams, keep_as_list, load_cam_meta
+from weakseg.cam.store import SamplesWithCams, load_cam_meta
+from weakseg.data.collate import group_by_shape, keep_as_list
 from weakseg.io import DataError, atomic_save_label_png, atomic_write_json, json_safe
 from weakseg.metrics import ConfusionMatrix, nanmean, per_class_iou
 from weakseg.ops.class_maps import foreground_indices, max_normalize
@@ -485,10 +486,7 @@ def make_pseudo_labels(
     )
     bar = tqdm(total=len(dataset), desc=f"pseudo-labels ({params.crf} crf)", unit="img", disable=not progress)
     for items in loader:
-        groups: dict[tuple[int, ...], list[Any]] = {}
-        for item in items:
-            groups.setdefault(item[1]["image"].shape, []).append(item)
-        for group in groups.values():
+        for group in group_by_shape(items, lambda item: item[1]["image"].shape):
             images = torch.stack(
                 [torch.from_numpy(np.ascontiguousarray(it[1]["image"])).permute(2, 0, 1) for it in group]
             )

@@ -51,7 +51,8 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from weakseg.cam.store import CamRecord, SamplesWithCams, keep_as_list, load_cam_meta
+from weakseg.cam.store import CamRecord, SamplesWithCams, load_cam_meta
+from weakseg.data.collate import keep_as_list
 from weakseg.io import DataError, atomic_write_json, json_safe
 from weakseg.metrics import metrics_from_matrix, nanmean, per_class_iou, pixel_accuracy
 from weakseg.viz import plot_metric_vs, plot_per_class_bar

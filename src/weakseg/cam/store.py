@@ -199,8 +199,3 @@ class SamplesWithCams(Dataset):
     def __getitem__(self, index: int) -> tuple[str, dict[str, np.ndarray], CamRecord]:
         sid = self.dataset.ids[index]
         return sid, self.dataset.load_raw(index), load_cams(cam_file(self.cam_dir, sid))
-
-
-def keep_as_list(batch: Any) -> Any:
-    """DataLoader ``collate_fn`` that leaves samples as they are (sizes differ between images)."""
-    return batch

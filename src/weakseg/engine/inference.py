@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from weakseg.ops.resize import resize_bilinear, scaled_size
+from weakseg.ops.multiscale import multiscale_flip_sum
+from weakseg.ops.resize import resize_bilinear
 
 if TYPE_CHECKING:
     from weakseg.postprocess.crf import CRFParams
@@ -166,31 +167,26 @@ def predict_probs(
         raise ValueError(f"images must be [B, 3, H, W], got shape {tuple(images.shape)}")
     if not scales:
         raise ValueError("scales must name at least one scale")
-    in_size: Size2 = (int(images.shape[-2]), int(images.shape[-1]))
-    base = _pair(resize, "resize") if resize is not None else in_size
-    target = _pair(out_size, "out_size") if out_size is not None else in_size
-    flips = (False, True) if flip else (False,)
-    total: torch.Tensor | None = None
+
+    def probs_of(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if window is None:
+            logits = _full_logits(model, x, autocast_dtype)
+        else:
+            logits = sliding_window_logits(model, x, window, window_stride, autocast_dtype)
+        if num_classes is not None and logits.shape[1] != num_classes:
+            raise ValueError(f"model returned {logits.shape[1]} classes, expected num_classes={num_classes}")
+        return {"probs": torch.softmax(logits.float(), dim=1)}
+
     with torch.no_grad():
-        for scale in scales:
-            scaled = resize_bilinear(images, scaled_size(base, float(scale)))
-            for mirrored in flips:
-                x = scaled.flip(-1) if mirrored else scaled
-                if window is None:
-                    logits = _full_logits(model, x, autocast_dtype)
-                else:
-                    logits = sliding_window_logits(model, x, window, window_stride, autocast_dtype)
-                if num_classes is not None and logits.shape[1] != num_classes:
-                    raise ValueError(
-                        f"model returned {logits.shape[1]} classes, expected num_classes={num_classes}"
-                    )
-                probs = torch.softmax(logits.float(), dim=1)
-                if mirrored:
-                    probs = probs.flip(-1)
-                probs = resize_bilinear(probs, target)
-                total = probs if total is None else total + probs
-    assert total is not None
-    probs = total / float(len(scales) * len(flips))
+        total = multiscale_flip_sum(
+            images,
+            probs_of,
+            scales=scales,
+            flip=flip,
+            base_size=_pair(resize, "resize") if resize is not None else None,
+            out_size=_pair(out_size, "out_size") if out_size is not None else None,
+        )["probs"]
+    probs = total / float(len(scales) * (2 if flip else 1))
     if crf is not None:
         probs = _refine_with_crf(probs, images, crf)
     return probs
