@@ -87,12 +87,13 @@ def train_method(method: str, args: argparse.Namespace, run_dir: Path) -> dict:
 def main() -> int:
     import torch
 
-    from weakseg.cam.pseudo_labels import PseudoLabelParams, make_pseudo_labels
-    from weakseg.cam.seeds import evaluate_seeds, write_seed_report
-    from weakseg.cam.store import load_cam_meta
-    from weakseg.cli_cam import make_cams
+    from weakseg.cam.pseudo_labels import PseudoLabelParams
     from weakseg.data import FolderDataset
     from weakseg.postprocess.crf import CRFParams
+    from weakseg.tools.cam_folder import make_cams
+    from weakseg.tools.cam_store import load_cam_meta
+    from weakseg.tools.pseudo_dataset import make_pseudo_labels
+    from weakseg.tools.seed_report import evaluate_seeds, write_seed_report
 
     args = parse_args()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -105,9 +105,10 @@ def scribble_tag_pseudo_labels(
 
     Returns the label folder and the labels' quality against the train masks (mIoU, coverage, ...).
     """
-    from weakseg.cam.pseudo_labels import PseudoLabelParams, make_pseudo_labels
-    from weakseg.cli_cam import make_cams
+    from weakseg.cam.pseudo_labels import PseudoLabelParams
     from weakseg.data import FolderDataset
+    from weakseg.tools.cam_folder import make_cams
+    from weakseg.tools.pseudo_dataset import make_pseudo_labels
 
     cfg = load_config(
         cam_config,

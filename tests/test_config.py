@@ -2,7 +2,14 @@ from pathlib import Path
 
 import pytest
 
-from weakseg.config import ConfigError, config_from_dict, config_to_dict, load_config, to_yaml
+from weakseg.config import (
+    ConfigError,
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    to_yaml,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -129,3 +136,13 @@ def test_shipped_configs_with_bases_resolve_as_before_they_had_them():
     assert cfg.name == "acdc_rloss_effnetlite0" and cfg.method["sigma_rgb"] == 26.0
     assert cfg.data.root == "../shared/data/acdc-scribble" and cfg.eval.volume_dice is True
     assert cfg.model.head_channels == 64 and cfg.optim.name == "adamw" and cfg.train.steps == 2000
+
+
+def test_overrides_apply_to_a_restored_config(tmp_path):
+    cfg = load_config(write(tmp_path, "name: a\nmethod:\n  name: full\n"))
+    assert apply_overrides(cfg, []) is cfg
+    changed = apply_overrides(cfg, ["train.batch_size=3", "method.dice_weight=0.25"])
+    assert changed.train.batch_size == 3 and changed.method["dice_weight"] == 0.25
+    assert cfg.train.batch_size != 3  # the original is left as it was
+    with pytest.raises(ConfigError, match="expected key=value"):
+        apply_overrides(cfg, ["train.batch_size"])

@@ -331,3 +331,15 @@ def config_from_dict(data: dict) -> Config:
 
 def config_to_dict(cfg: Config) -> dict:
     return OmegaConf.to_container(OmegaConf.structured(cfg))  # type: ignore[return-value]
+
+
+def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Config:
+    """``cfg`` (e.g. restored from a checkpoint) with dotted ``key=value`` overrides applied, validated
+    like a file; ``cfg`` itself when there are none."""
+    if not overrides:
+        return cfg
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}': expected key=value")
+    merged = OmegaConf.merge(OmegaConf.create(config_to_dict(cfg)), OmegaConf.from_dotlist(list(overrides)))
+    return config_from_dict(OmegaConf.to_container(merged))  # type: ignore[arg-type]

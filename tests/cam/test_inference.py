@@ -10,14 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from weakseg.cam.inference import (
-    find_cam_keys,
-    infer_cams,
-    multiscale_cams,
-    present_foreground,
-)
-from weakseg.cam.store import cam_file, load_cam_meta, load_cams, save_cams
+from weakseg.cam.inference import find_cam_keys, multiscale_cams, present_foreground
 from weakseg.io import DataError
+from weakseg.tools.cam_folder import infer_cams
+from weakseg.tools.cam_store import cam_file, load_cam_meta, load_cams, save_cams
 
 
 class ColumnRamp(nn.Module):

@@ -1,14 +1,15 @@
-"""Multi-scale + flip class activation maps, batched, written as compact per-image files.
+"""Multi-scale + flip class activation maps of a network, on tensors (written to files by
+:mod:`weakseg.tools.cam_folder`).
 
 Works for every image-level network. The maps of one forward pass come from a *maps function*
 ``maps_fn(outputs, tags) -> {name: [B, C or K, h, w]}``: by default (:func:`output_maps`) the
 network's ``"cam"`` (raw class maps over the foreground classes, dataset class order, background
-left out) and any other 4-D ``"cam_*"`` output; the CLI passes the training method's
+left out) and any other 4-D ``"cam_*"`` output; ``weakseg cam`` passes the training method's
 ``class_maps`` hook instead when it has one (``cam``: ``{"cam"}``; ``sfc``: ``{"cam", "M_W",
 "M_P"}``, the raw classifier CAM, the PCM-refined classifier CAM and the prototype CAM, which needs
 the image's tags). Maps over all K classes have a background channel of their own (SFC's
 ``M_W`` = ``1 - max_c M_c`` refined by the PCM, ``M_P`` = similarity to the background prototype): it
-goes through the same steps and is kept under ``"<name>@background"`` (:data:`~weakseg.cam.store.BG_SUFFIX`).
+goes through the same steps and is kept under ``"<name>@background"`` (:data:`BG_SUFFIX`).
 
 For each image and map (SFC §4 "CAM inference", as the SFC / IRN code computes it):
 
@@ -21,6 +22,9 @@ For each image and map (SFC §4 "CAM inference", as the SFC / IRN code computes 
    (:func:`~weakseg.ops.class_maps.max_normalize`);
 5. only the channels of the image's foreground tags are kept (and the own background, if any).
 
+Steps 1-3 are :func:`multiscale_cams` (a batch), steps 4-5 :func:`tagged_cams` (one image of it); a
+:class:`CamRecord` holds the result of one image as the CAM folders store it.
+
 Reading chosen: the issue text lists "upsample, ReLU"; the SFC / IRN code applies the ReLU before
 upsampling (bilinear interpolation of a ReLU'd map stays ≥ 0, so no second ReLU is needed), and
 that order is used here. SFC's make_cam sums an image and its mirror inside the network (raw CAMs
@@ -32,32 +36,53 @@ foreground doubled) is not applied here: it is a rule of the later steps (``rule
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
-from tqdm.auto import tqdm
 
-from weakseg.cam.store import BG_SUFFIX, cam_file, save_cams, write_cam_meta
-from weakseg.data.collate import group_by_shape, keep_as_list
 from weakseg.ops.class_maps import foreground_indices, max_normalize
 from weakseg.ops.multiscale import multiscale_flip_sum
 
 __all__ = [
+    "BG_SUFFIX",
     "DEFAULT_SCALES",
+    "CamRecord",
     "find_cam_keys",
-    "infer_cams",
     "multiscale_cams",
     "output_maps",
     "present_foreground",
+    "tagged_cams",
 ]
 
 DEFAULT_SCALES: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)
+#: Suffix of a map's own background channel, in map dicts of the inference and in the CAM files.
+BG_SUFFIX = "@background"
+
+
+@dataclass
+class CamRecord:
+    """The CAMs of one image.
+
+    Attributes:
+        keys: int64 ``[n]`` dataset class indices (foreground classes the image is tagged with).
+        cams: CAM type -> float32 ``[n, H, W]`` normalised maps (channel i belongs to ``keys[i]``).
+        backgrounds: CAM type -> float32 ``[H, W]`` normalised background channel of its own, for the
+            types that have one (SFC's ``M_W`` and ``M_P``; a plain CAM has none).
+    """
+
+    keys: np.ndarray
+    cams: dict[str, np.ndarray]
+    backgrounds: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(H, W) of the maps."""
+        first = next(iter(self.cams.values()))
+        return int(first.shape[-2]), int(first.shape[-1])
 
 
 def present_foreground(
@@ -176,130 +201,28 @@ def multiscale_cams(
         return multiscale_flip_sum(images, cams_of, scales=scales, flip=flip, flip_in_batch=True)
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
-
-
-def _stored_keys(out: Path, ids: Sequence[str]) -> list[str]:
-    """The CAM types of the first stored file (when a resumed run had nothing left to compute), with
-    ``"<name>@background"`` for those stored with a background of their own."""
-    from weakseg.cam.store import load_cams
-
-    record = load_cams(cam_file(out, ids[0]))
-    return [*record.cams, *(name + BG_SUFFIX for name in record.backgrounds)]
-
-
-def infer_cams(
-    model: nn.Module,
-    dataset: Dataset,
-    out_dir: str | os.PathLike,
-    *,
-    num_classes: int,
-    background: int | None,
-    scales: Sequence[float] = DEFAULT_SCALES,
-    flip: bool = True,
-    keys: Sequence[str] | None = None,
-    maps_fn: MapsFn | None = None,
-    batch_size: int = 4,
-    num_workers: int = 0,
-    autocast_dtype: torch.dtype | None = None,
-    overwrite: bool = False,
-    progress: bool = True,
-    meta: Mapping[str, Any] | None = None,
-) -> Path:
-    """Compute and store the CAMs of every sample of ``dataset`` (see the module doc).
-
-    Args:
-        model: an image-level network in eval mode (see :func:`multiscale_cams`).
-        dataset: samples with "image" float ``[3, H, W]``, "tags" ``[K]`` and "id" (no augmentation).
-        out_dir: the CAM folder: ``{id}.npz`` per image (:func:`weakseg.cam.store.save_cams`) and
-            ``cams.json`` (``meta`` plus the inference settings; ``"backgrounds"`` lists the maps
-            stored with a background of their own).
-        num_classes, background: the dataset's K and background index (None when every class is
-            a foreground class): the model's CAMs have one channel per non-background class.
-        keys, maps_fn: which maps, from which function (see :func:`multiscale_cams`).
-        batch_size: images per forward pass (images of one size are batched together).
-        overwrite: recompute images whose file exists (otherwise they are skipped, so an
-            interrupted run resumes).
+def tagged_cams(
+    maps: Mapping[str, torch.Tensor], index: int, present: Sequence[int], foreground: Sequence[int]
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Steps 4-5 for image ``index`` of :func:`multiscale_cams`'s sums: the channels of the ``present``
+    foreground classes (dataset indices, among ``foreground``), each divided by its maximum, and the own
+    backgrounds likewise.
 
     Returns:
-        ``out_dir`` as a Path.
+        ``(cams, backgrounds)``: name -> ``[n, H, W]`` (n = ``len(present)``) and name (without the
+        suffix) -> ``[H, W]``.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    device = _model_device(model)
-    fg = foreground_indices(num_classes, background)
-    ids = getattr(dataset, "ids", None)
-    todo = list(range(len(dataset)))  # type: ignore[arg-type]
-    if ids is not None and not overwrite:
-        todo = [i for i in todo if not cam_file(out, ids[i]).is_file()]
-    loader = DataLoader(
-        Subset(dataset, todo),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        collate_fn=keep_as_list,
-    )
-    found_keys: list[str] | None = list(keys) if keys else None
-    bar = tqdm(total=len(todo), desc="cams", unit="img", disable=not progress, dynamic_ncols=True)
-    for samples in loader:
-        for group in group_by_shape(samples, lambda sample: tuple(sample["image"].shape)):
-            for sample in group:
-                if "tags" not in sample:
-                    raise ValueError(f"sample {sample.get('id')!r} has no 'tags': CAM inference needs tags")
-            images = torch.stack([s["image"] for s in group]).to(device)
-            tags = torch.stack([torch.as_tensor(s["tags"]).float() for s in group]).to(device)
-            maps = multiscale_cams(
-                model,
-                images,
-                scales=scales,
-                flip=flip,
-                keys=found_keys,
-                maps_fn=maps_fn,
-                tags=tags,
-                foreground=fg,
-                autocast_dtype=autocast_dtype,
-            )
-            found_keys = list(maps)
-            for name, value in maps.items():
-                if not name.endswith(BG_SUFFIX) and value.shape[1] != len(fg):
-                    raise ValueError(
-                        f"CAM {name!r} has {value.shape[1]} channels but the dataset has {len(fg)} "
-                        f"foreground classes ({num_classes} classes, background {background})"
-                    )
-            for b, sample in enumerate(group):
-                present = present_foreground(sample["tags"], num_classes, background)
-                channels = torch.as_tensor(
-                    [fg.index(int(c)) for c in present], dtype=torch.long, device=device
-                )
-                kept = {
-                    name: max_normalize(value[b].index_select(0, channels))
-                    for name, value in maps.items()
-                    if not name.endswith(BG_SUFFIX)
-                }
-                own_bg = {
-                    name[: -len(BG_SUFFIX)]: max_normalize(value[b, 0])
-                    for name, value in maps.items()
-                    if name.endswith(BG_SUFFIX)
-                }
-                save_cams(cam_file(out, str(sample["id"])), present, kept, backgrounds=own_bg)
-            bar.update(len(group))
-    bar.close()
-    if found_keys is None:  # nothing computed now: every file existed already
-        found_keys = _stored_keys(out, ids) if ids else ["cam"]
-    write_cam_meta(
-        out,
-        {
-            "classes": list(getattr(dataset, "classes", [])) or None,
-            "background": background,
-            **dict(meta or {}),
-            "cam_keys": [k for k in found_keys if not k.endswith(BG_SUFFIX)],
-            "backgrounds": [k[: -len(BG_SUFFIX)] for k in found_keys if k.endswith(BG_SUFFIX)],
-            "scales": [float(s) for s in scales],
-            "flip": bool(flip),
-            "num_images": len(dataset),  # type: ignore[arg-type]
-            "dtype": "float16",
-        },
-    )
-    return out
+    first = next(iter(maps.values()))
+    fg = list(foreground)
+    channels = torch.as_tensor([fg.index(int(c)) for c in present], dtype=torch.long, device=first.device)
+    cams = {
+        name: max_normalize(value[index].index_select(0, channels))
+        for name, value in maps.items()
+        if not name.endswith(BG_SUFFIX)
+    }
+    backgrounds = {
+        name[: -len(BG_SUFFIX)]: max_normalize(value[index, 0])
+        for name, value in maps.items()
+        if name.endswith(BG_SUFFIX)
+    }
+    return cams, backgrounds

@@ -1,4 +1,4 @@
-"""Compact per-image CAM files and the folder's ``cams.json``.
+"""CAM folders: compact per-image CAM files, the folder's ``cams.json`` and the dataset they belong to.
 
 A CAM folder holds one ``{id}.npz`` per image and a ``cams.json`` describing them::
 
@@ -15,29 +15,33 @@ A CAM folder holds one ``{id}.npz`` per image and a ``cams.json`` describing the
 Only the tagged foreground classes are stored (absent classes are zero by construction), in
 float16, uncompressed: zlib saves ~25% on smooth CAMs but costs ~20× the write time. Every file
 is written atomically (temporary file + rename). Format 1 (no background arrays) is still read.
+
+A folder remembers its dataset (``cams.json``'s ``"data"``): :func:`open_cam_dataset` reopens it (or
+another one) for ``weakseg cam evaluate`` and ``weakseg pseudo-labels``, and
+:func:`check_dataset_matches` refuses a dataset with other classes.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from torch.utils.data import Dataset
 
-from weakseg.io import DataError, atomic_write, atomic_write_json
+from weakseg.cam.inference import BG_SUFFIX, CamRecord
+from weakseg.io import DataError, atomic_write, atomic_write_json, read_json
 
 __all__ = [
-    "BG_SUFFIX",
     "CAM_META",
-    "CamRecord",
+    "SamplesWithCams",
     "cam_file",
+    "check_dataset_matches",
     "load_cam_meta",
     "load_cams",
+    "open_cam_dataset",
     "save_cams",
     "write_cam_meta",
 ]
@@ -45,30 +49,6 @@ __all__ = [
 CAM_META = "cams.json"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
-#: Suffix of a map's own background channel, in the ``.npz`` files and in map dicts of the inference.
-BG_SUFFIX = "@background"
-
-
-@dataclass
-class CamRecord:
-    """The CAMs of one image.
-
-    Attributes:
-        keys: int64 ``[n]`` dataset class indices (foreground classes the image is tagged with).
-        cams: CAM type -> float32 ``[n, H, W]`` normalised maps (channel i belongs to ``keys[i]``).
-        backgrounds: CAM type -> float32 ``[H, W]`` normalised background channel of its own, for the
-            types that have one (SFC's ``M_W`` and ``M_P``; a plain CAM has none).
-    """
-
-    keys: np.ndarray
-    cams: dict[str, np.ndarray]
-    backgrounds: dict[str, np.ndarray] = field(default_factory=dict)
-
-    @property
-    def size(self) -> tuple[int, int]:
-        """(H, W) of the maps."""
-        first = next(iter(self.cams.values()))
-        return int(first.shape[-2]), int(first.shape[-1])
 
 
 def cam_file(cam_dir: str | os.PathLike, sample_id: str) -> Path:
@@ -168,12 +148,9 @@ def write_cam_meta(cam_dir: str | os.PathLike, meta: Mapping[str, Any]) -> Path:
 def load_cam_meta(cam_dir: str | os.PathLike) -> dict[str, Any]:
     """Read and check ``cam_dir/cams.json``."""
     path = Path(cam_dir) / CAM_META
-    if not path.is_file():
-        raise DataError(f"not a CAM folder: {path} not found (write one with `weakseg cam CKPT --out DIR`)")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DataError(f"cannot parse {path}: {err}") from err
+    meta = read_json(
+        path, f"not a CAM folder: {path} not found (write one with `weakseg cam CKPT --out DIR`)"
+    )
     for key in ("classes", "background", "cam_keys"):
         if key not in meta:
             raise DataError(f"{path} has no {key!r} entry")
@@ -199,3 +176,45 @@ class SamplesWithCams(Dataset):
     def __getitem__(self, index: int) -> tuple[str, dict[str, np.ndarray], CamRecord]:
         sid = self.dataset.ids[index]
         return sid, self.dataset.load_raw(index), load_cams(cam_file(self.cam_dir, sid))
+
+
+def check_dataset_matches(meta: Mapping[str, Any], dataset: Any, cam_dir: str | os.PathLike) -> None:
+    """Raise :class:`DataError` when ``dataset``'s classes or background differ from the CAM folder's."""
+    if list(meta["classes"] or []) != list(dataset.classes):
+        raise DataError(
+            f"{cam_dir}: the CAMs were made for classes {meta['classes']}, the dataset has {dataset.classes}"
+        )
+    if meta["background"] != dataset.background:
+        raise DataError(
+            f"{cam_dir}: the CAMs were made with background {meta['background']!r}, "
+            f"the dataset has background {dataset.background!r}"
+        )
+
+
+def open_cam_dataset(
+    meta: Mapping[str, Any],
+    root: str | None = None,
+    split: str | None = None,
+    fmt: str | None = None,
+    load_masks: bool = True,
+) -> Any:
+    """The dataset of a CAM folder (``meta`` = its ``cams.json``), raw (no transforms, no tags read):
+    ``root``, ``split`` and ``fmt`` ("folder", "voc" or "coco") when given, else the folder's own
+    (split "train" and format "folder" when it names none)."""
+    from weakseg.data import COCODataset, FolderDataset, VOCDataset
+
+    data = meta.get("data") or {}
+    root = root or data.get("root")
+    if not root:
+        raise DataError("no dataset given: pass --data ROOT (the CAM folder does not name one)")
+    split = split or data.get("split") or "train"
+    fmt = fmt or data.get("format") or "folder"
+    if fmt == "voc":
+        return VOCDataset(root, split, scribbles=None, load_masks=load_masks, tags_source="none")
+    if fmt == "coco":
+        return COCODataset(root, split, load_masks=load_masks, tags_source="none")
+    if fmt != "folder":
+        raise DataError(f"unknown dataset format {fmt!r}; expected folder, voc or coco")
+    return FolderDataset(
+        root, split, load_masks=load_masks, load_scribbles=False, load_pseudo=False, tags_source="none"
+    )
