@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from weakseg.models.heads import HEADS, ConvNormAct, _init_classifier, _init_hidden, make_norm
+from weakseg.models.layers import ConvNormAct, init_classifier, init_hidden, make_norm
 from weakseg.ops.resize import resize_bilinear
 
 #: the rescaling factors of :class:`SimplePyramid` (stride 16 -> 4, 8, 16, 32)
@@ -138,10 +138,10 @@ class UperNetHead(nn.Module):
         self.dropout = nn.Dropout2d(dropout)
         self.classifier = nn.Conv2d(channels, num_classes, 1)
         for module in (self.ppm, self.bottleneck, self.laterals, self.fpn_convs, self.fuse):
-            _init_hidden(module)
+            init_hidden(module)
         if self.pyramid is not None:
-            _init_hidden(self.pyramid)
-        _init_classifier(self.classifier)
+            init_hidden(self.pyramid)
+        init_classifier(self.classifier)
         self.num_classes = num_classes
         self.embed_dim = channels
         self.output_stride = strides[0]
@@ -160,6 +160,3 @@ class UperNetHead(nn.Module):
         size = outs[0].shape[-2:]
         embedding = self.fuse(torch.cat([resize_bilinear(x, size) for x in outs], dim=1))
         return self.classifier(self.dropout(embedding)), embedding
-
-
-HEADS["upernet"] = UperNetHead
