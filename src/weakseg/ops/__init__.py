@@ -2,7 +2,10 @@
 
 * :mod:`weakseg.ops.lattice` — the permutohedral lattice (fast approximate Gaussian filtering);
 * :mod:`weakseg.ops.pairwise_kernel` — exact Gaussian pairwise kernels ``W·v`` without an N×N matrix;
-* :mod:`weakseg.ops.resize` — every resize rule (bilinear, area, nearest, masks, scaled grids).
+* :mod:`weakseg.ops.resize` — every resize rule (bilinear, area, nearest, masks, scaled grids);
+* :mod:`weakseg.ops.multiscale` — the multi-scale + flip summation behind evaluation and CAM inference;
+* :mod:`weakseg.ops.class_maps` — CAM algebra (foreground channels, max-normalisation, background maps,
+  PCM propagation, seeds and prototypes).
 """
 
 from weakseg.ops.lattice import (
