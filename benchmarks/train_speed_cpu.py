@@ -337,7 +337,10 @@ def main() -> None:
         version["src"] = version["root"] / "src"
     print(f"# {versions['old']['name']} vs {versions['new']['name']}; runs and logs in {work}", flush=True)
     results = compare(args, versions, work)
-    command = "OMP_NUM_THREADS=1 nice -n 19 python benchmarks/train_speed_cpu.py " + shlex.join(sys.argv[1:])
+    prefix = f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')} " if "OMP_NUM_THREADS" in os.environ else ""
+    if os.nice(0):
+        prefix += f"nice -n {os.nice(0)} "
+    command = prefix + "python benchmarks/train_speed_cpu.py " + shlex.join(sys.argv[1:])
     where = machine()
     for method, per_protocol in results.items():
         worst = min(per_protocol, key=lambda k: per_protocol[k]["ratio"])

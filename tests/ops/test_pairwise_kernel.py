@@ -265,10 +265,12 @@ def test_dfr_shallow_kernel_backend_reaches_the_normalised_potts_loss() -> None:
     image = torch.rand(2, 3, 96, 128, generator=gen)
     logits = torch.randn(2, 3, 96, 128, generator=gen).requires_grad_()
     values, grads = {}, {}
-    for backend in ("exact", "lattice"):
-        loss = dfr_regularized_loss(logits.softmax(1), image, None, None, shallow_backend=backend)["shallow"]
+    for backend in ("exact", "lattice", None):  # None: the default, "auto" (lattice on this 48x64 grid)
+        kwargs = {} if backend is None else {"shallow_backend": backend}
+        loss = dfr_regularized_loss(logits.softmax(1), image, None, None, **kwargs)["shallow"]
         (grads[backend],) = torch.autograd.grad(loss, logits)
         values[backend] = loss.item()
+    assert values[None] == values["lattice"]
     # a disagreement probability: the lattice's overall scale cancels in the quotient
     assert values["lattice"] == pytest.approx(values["exact"], rel=0.05)
     cosine = torch.nn.functional.cosine_similarity(

@@ -116,7 +116,7 @@ def dfr_regularized_loss(
     shallow_scale: float = 0.5,
     shallow_mode: str = "dense",
     shallow_radius: int = 5,
-    shallow_backend: str = "exact",
+    shallow_backend: str = "auto",
     deep_mode: str = "dense",
     deep_radius: int = 8,
 ) -> dict[str, Tensor]:

@@ -73,7 +73,10 @@ class DFRParams:
         shallow_mode: ``"dense"`` (every pair, exact and O(N) memory through fused attention) or ``"local"``.
         shallow_radius: window radius in grid cells for ``shallow_mode="local"``.
         shallow_backend: dense shallow kernel through the exact fused kernel (``"exact"``), the
-            permutohedral lattice (``"lattice"``, linear in the grid size) or ``"auto"``.
+            permutohedral lattice (``"lattice"``, linear in the grid size; what the RRM / rloss code of
+            DFR's authors runs) or ``"auto"`` (the default: the lattice from ~2,300 grid cells on a CPU,
+            see :func:`weakseg.ops.lattice.choose_backend`). The loss is normalised by the kernel's
+            mass, so the lattice's lower overall scale cancels and the backends give the same balance.
         deep_kernel: ``"none"`` (shallow kernel only, ~rloss), ``"frozen"`` (ImageNet backbone features,
             never updated), ``"dynamic"`` (features of the network being trained: DFR).
         consistency_head: train the feature consistency head and, with ``"dynamic"``, take the deep
@@ -116,7 +119,7 @@ class DFRParams:
     shallow_scale: float = 0.5
     shallow_mode: str = "dense"
     shallow_radius: int = 5
-    shallow_backend: str = "exact"
+    shallow_backend: str = "auto"
     deep_kernel: str = "dynamic"
     consistency_head: bool = True
     kernel_combination: str = "sum"
