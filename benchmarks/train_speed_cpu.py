@@ -337,7 +337,8 @@ def main() -> None:
         version["src"] = version["root"] / "src"
     print(f"# {versions['old']['name']} vs {versions['new']['name']}; runs and logs in {work}", flush=True)
     results = compare(args, versions, work)
-    prefix = f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')} " if "OMP_NUM_THREADS" in os.environ else ""
+    threads = os.environ.get("OMP_NUM_THREADS")
+    prefix = f"OMP_NUM_THREADS={threads} " if threads is not None else ""
     if os.nice(0):
         prefix += f"nice -n {os.nice(0)} "
     command = prefix + "python benchmarks/train_speed_cpu.py " + shlex.join(sys.argv[1:])

@@ -134,8 +134,9 @@ def dfr_regularized_loss(
         sigma_deep: deep bandwidth on unit vectors.
         shallow_scale: image scale of the shallow grid.
         shallow_mode, shallow_radius, deep_mode, deep_radius: kernel evaluation (radius in grid cells).
-        shallow_backend: ``"exact"``, ``"lattice"`` or ``"auto"`` for the shallow kernel in dense mode
-            (the deep and product kernels stay exact).
+        shallow_backend: ``"exact"``, ``"lattice"`` or ``"auto"`` (the default: the lattice from ~2,300
+            grid cells on a CPU) for the shallow kernel in dense mode (the deep and product kernels stay
+            exact).
 
     Returns:
         ``{"shallow": E_s, "deep": beta * E_d}`` for ``"sum"`` (``"deep"`` absent without deep features);
