@@ -55,6 +55,8 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     # CDSP and its ablations (need pseudo-labels: --cdsp-cam-steps makes them from the scribbles' tags)
     "cdsp": ("cdsp", []),
     "cdsp_no_lorm": ("cdsp", ["method.lorm=false"]),
+    # LoRM's MSE over the foreground rows only (the authors' code also pulls background features to 0)
+    "cdsp_lorm_fg": ("cdsp", ["method.lorm_reduction=foreground"]),
     "cdsp_no_de": ("cdsp", ["method.distance_entropy=false"]),
     "cdsp_pseudo_only": (
         "cdsp",
