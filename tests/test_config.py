@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from weakseg.config import ConfigError, config_from_dict, config_to_dict, load_config, to_yaml
 
@@ -88,6 +89,16 @@ EXPERIMENTS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.n
 def test_shipped_configs_parse(path):
     cfg = load_config(path)
     assert cfg.method["name"] == path.parent.name
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_shipped_configs_build_on_a_base(path):
+    """Each experiment states only what differs from a family file in configs/_base_."""
+    bases = OmegaConf.to_container(OmegaConf.load(path)).get("_base_")
+    bases = [bases] if isinstance(bases, str) else bases
+    assert bases, f"{path} has no _base_"
+    for base in bases:
+        assert (path.parent / base).resolve().parent == ROOT / "configs" / "_base_", base
 
 
 def test_base_files_are_merged_under_the_experiment(tmp_path):
