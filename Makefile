@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: $(STAMP)
 	$(WEAKSEG) data synthetic demo_data/synthetic --num-train 400 --num-val 60 --seed 0 --overwrite
-	$(WEAKSEG) train configs/pce/synthetic_effnetlite0.yaml --overwrite
+	$(WEAKSEG) train configs/pce/synthetic_effnetlite0-v3p_96x96_300.yaml --overwrite
 	$(WEAKSEG) predict runs/demo_pce/last.ckpt demo_data/synthetic/images/val_0000.png \
 		demo_data/synthetic/images/val_0001.png demo_data/synthetic/images/val_0002.png --out runs/demo_pce/predict
 	@echo
