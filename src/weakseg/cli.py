@@ -253,7 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train from a YAML config; KEY=VALUE overrides use dotted keys "
         "(e.g. train.batch_size=8 data.root=/data/VOC2012). Works unchanged under torchrun.",
     )
-    p.add_argument("config", help="experiment YAML, e.g. configs/pce/synthetic_effnetlite0.yaml")
+    p.add_argument(
+        "config", help="experiment YAML, e.g. configs/pce/synthetic_effnetlite0-v3p_96x96_300.yaml"
+    )
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
     p.add_argument(
         "--resume",

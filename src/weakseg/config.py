@@ -1,6 +1,7 @@
 """Experiment configuration: a typed schema, YAML files and dotted command-line overrides.
 
-One YAML file describes one experiment (``configs/<method>/<dataset>_<backbone>.yaml``). It is merged
+One YAML file describes one experiment (``configs/<method>/<dataset>_<backbone>-<head>_<crop>_<steps>.yaml``,
+see ``configs/README.md``), built on a family file in ``configs/_base_/``. It is merged
 onto the dataclass schema below, so a key that does not exist or a value of the wrong type stops with
 an error naming the key. Overrides use dotted keys: ``train.batch_size=8 data.root=/data/VOC2012``.
 

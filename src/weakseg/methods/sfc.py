@@ -25,9 +25,10 @@ class. On VOC train_aug this gives exactly the reference's weights (its hard-cod
 ``sum_j |n_c - n_j|``, its ``660*4*3/20`` is ``e``). ``dc_counts="pixels"`` uses per-class pixel counts
 of the label maps instead (an option; see :class:`SFCParams`).
 
-Settings that are not method parameters (set them in the config as ``configs/sfc/voc_r50.yaml`` does):
-gradient clipping at norm 1 (``optim.grad_clip``), SGD with the reference's effective momentum 1e-4,
-ResNet-50 at stride 16 without dilation, frozen stem/``layer1``/``layer2`` and BatchNorm statistics.
+Settings that are not method parameters (set them in the config as
+``configs/sfc/voc_r50-cls_512x512_3966.yaml`` does): gradient clipping at norm 1 (``optim.grad_clip``),
+SGD with the reference's effective momentum 1e-4, ResNet-50 at stride 16 without dilation, frozen
+stem/``layer1``/``layer2`` and BatchNorm statistics.
 
 Collapse diagnostics (every step, over the batch's own images, bank samples left out; datasets with a
 background class): ``sfc/empty_bg_prototype`` = the share of images without a single background seed
