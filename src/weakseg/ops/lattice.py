@@ -385,7 +385,8 @@ class LatticeOperator:
         """Three ``[M, C]`` work buffers (splat accumulator and the blur's two), kept per ``C``."""
         key = (channels, like.dtype)
         if key not in self._buffers:
-            self._buffers[key] = tuple(like.new_empty(self.num_vertices, channels) for _ in range(3))
+            shape = (self.num_vertices, channels)
+            self._buffers[key] = (like.new_empty(shape), like.new_empty(shape), like.new_empty(shape))
         return self._buffers[key]
 
     def splat(self, block: int, values: Tensor, into: Tensor, first: bool) -> None:
@@ -697,7 +698,7 @@ def _blur_entries(plus: Tensor, minus: Tensor, m: int) -> tuple[Tensor, Tensor, 
     return crow, cols[keep], vals[keep]
 
 
-def _index_dtype(indices: tuple[Tensor, Tensor], nnz: int, *dims: int) -> tuple[Tensor, ...]:
+def _index_dtype(indices: tuple[Tensor, ...], nnz: int, *dims: int) -> tuple[Tensor, ...]:
     """CSR index arrays as int32 when they fit (MKL's kernels take int32: no conversion per product)."""
     if nnz < 2**31 and max(dims) < 2**31:
         return tuple(i.int() for i in indices)

@@ -47,7 +47,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -122,13 +122,13 @@ class CRFParams:
             raise ValueError(f"gaussian_truncate must be positive or None, got {self.gaussian_truncate}")
 
     @classmethod
-    def postprocess(cls, **overrides: object) -> CRFParams:
+    def postprocess(cls, **overrides: Any) -> CRFParams:
         """DeepLab-style post-processing as in psa/SEAM's ``crf_inference``: Gaussian sxy 3 / compat 3,
         bilateral sxy 80 / srgb 13 / compat 10, 10 iterations, unary ``-log(clip(p, 1e-5))``."""
         return replace(cls(), **overrides)
 
     @classmethod
-    def pseudo_label(cls, **overrides: object) -> CRFParams:
+    def pseudo_label(cls, **overrides: Any) -> CRFParams:
         """IRN/SFC's ``crf_inference_label`` for pseudo labels: unary from a label map with
         ``gt_prob`` 0.7, Gaussian sxy 3 / compat 3, bilateral sxy 50 / srgb 5 / compat 10, and 12
         iterations (SFC's ``tool/imutils.py``; IRN's own default is 10)."""
@@ -227,13 +227,13 @@ def _prepare(
 # --------------------------------------------------------------------------------------------------
 @dataclass
 class _Kernel:
-    """One pairwise term on the CRF grid: features, Potts weight, symmetric normaliser n = 1/sqrt(K·1)."""
+    """One pairwise term on the CRF grid: features and Potts weight (the mean field adds the symmetric
+    normaliser n = 1/sqrt(K·1))."""
 
     features: Tensor  # [B, D, h, w]
     compat: float
     mode: str
     radius: int
-    norm: Tensor | None = None  # [B, 1, h, w]
 
     def apply(self, values: Tensor, roi: Tensor | None, include_self: bool) -> Tensor:
         return gaussian_affinity_apply(
@@ -276,13 +276,14 @@ def _mean_field(
     q = torch.softmax(-unary, dim=1)
     kernels = _kernels(image255, params, grid_scale) if num_iters > 0 else []
     ones = unary.new_ones(unary.shape[0], 1, *unary.shape[-2:])
+    norms = []  # [B, 1, h, w] per kernel
     for kernel in kernels:
         row_sums = kernel.apply(ones, valid, params.include_self)
-        kernel.norm = torch.rsqrt(row_sums + _NORM_EPS)  # outside the ROI the sums are 0: norm is finite
+        norms.append(torch.rsqrt(row_sums + _NORM_EPS))  # outside the ROI the sums are 0: norm is finite
     for _ in range(num_iters):
         energy = -unary
-        for kernel in kernels:
-            message = kernel.norm * kernel.apply(kernel.norm * q, valid, params.include_self)
+        for kernel, norm in zip(kernels, norms):
+            message = norm * kernel.apply(norm * q, valid, params.include_self)
             energy = energy + kernel.compat * message  # Potts: -(−w · message)
         q = torch.softmax(energy, dim=1)
     return q
