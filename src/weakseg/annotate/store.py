@@ -24,7 +24,7 @@ from PIL import Image, UnidentifiedImageError
 
 from weakseg.data.base import IGNORE_INDEX, PathPattern, read_split_file
 from weakseg.data.folder import DATASET_JSON, SPLITS_DIR, list_splits, read_dataset_json
-from weakseg.data.tags import load_tags_file, resolve_background, tags_from_label, write_tags_csv
+from weakseg.data.tags import TagsForm, load_tags_file, resolve_background, tags_from_label, write_tags_csv
 from weakseg.io import (
     DataError,
     atomic_save_label_png,
@@ -353,7 +353,7 @@ def _inside(base: Path, path: Path) -> Path:
     return path
 
 
-def _csv_form(path: Path, classes: Sequence[str]) -> str:
+def _csv_form(path: Path, classes: Sequence[str]) -> TagsForm:
     """The form of an existing tags CSV ("onehot" when its header names classes), else "names"."""
     if not path.is_file():
         return "names"

@@ -466,6 +466,7 @@ def _finish_labelme_shapes(entry: _Entry, size: tuple[int, int]) -> None:
     done: list[_Shape] = []
     for shape in entry.shapes:
         if shape.kind == _REGION:
+            assert shape.points is not None  # LabelMe regions keep their points
             region = _labelme_region(shape.raw or {}, shape.points, size, shape.where)
             region.cls = shape.cls
             region.kind = _POLYGON  # a raster region (circle, mask) is a mask region, not a scribble
@@ -586,8 +587,8 @@ def _labelstudio_result(entry: _Entry, res: Any, where: str, labels: _Labels, sk
     kind, value = res.get("type"), res["value"]
     if kind in ("choices", "taxonomy"):
         names = value.get(kind, [])
-        flat = [n for item in names for n in (item if isinstance(item, list) else [item])]
-        entry.tags.update(labels(name, where) for name in flat)
+        flat_names = [n for item in names for n in (item if isinstance(item, list) else [item])]
+        entry.tags.update(labels(name, where) for name in flat_names)
         return
     if kind not in ("polygonlabels", "brushlabels", "keypointlabels"):
         skipped[f"labelstudio {kind}"] += 1
@@ -746,6 +747,7 @@ def _draw(
     mask = None
     for shape in entry.shapes:
         if shape.kind == _STROKE:
+            assert shape.points is not None  # strokes are points, never masks
             strokes.append((shape.cls, shape.points))
         elif shape.kind == _BRUSH:
             flush()
@@ -756,6 +758,7 @@ def _draw(
             if shape.mask is not None:
                 mask[shape.mask] = shape.cls
             else:
+                assert shape.points is not None  # a region without a mask is a polygon
                 _fill_polygon(mask, shape.points, shape.cls)
     flush()
     return scribble, mask

@@ -41,6 +41,8 @@ import numpy as np
 from weakseg.io import DataError, atomic_write_text
 
 Background = int | None | Literal["auto"]
+# the layout of a tags CSV: class names per image, or one 0/1 column per class
+TagsForm = Literal["names", "onehot"]
 
 
 def resolve_background(class_names: Sequence[str], background: Background = "auto") -> int | None:
@@ -198,7 +200,7 @@ def write_tags_csv(
     path: str | os.PathLike,
     tags: Mapping[str, np.ndarray],
     class_names: Sequence[str],
-    form: Literal["names", "onehot"] = "names",
+    form: TagsForm = "names",
 ) -> Path:
     """Write ``{id: tags [K]}`` as a CSV that :func:`load_tags_file` reads back, atomically."""
     buf = io.StringIO()
