@@ -275,9 +275,11 @@ def check_classes(ckpt_classes: Any, dataset: Any, path: str | Path) -> None:
 def unwrap(module: torch.nn.Module) -> torch.nn.Module:
     """The module inside DDP / torch.compile wrappers."""
     while True:
-        if hasattr(module, "module") and isinstance(module.module, torch.nn.Module):
-            module = module.module
-        elif hasattr(module, "_orig_mod"):
-            module = module._orig_mod
+        inner = getattr(module, "module", None)
+        compiled = getattr(module, "_orig_mod", None)
+        if isinstance(inner, torch.nn.Module):
+            module = inner
+        elif isinstance(compiled, torch.nn.Module):
+            module = compiled
         else:
             return module

@@ -13,7 +13,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -52,8 +52,25 @@ def _check_sample(sample: Sample) -> None:
         raise DataError(f"sample {sid!r}: expected mask [H, W], got shape {tuple(mask.shape)}")
 
 
+@runtime_checkable
+class LabelledDataset(Protocol):
+    """What :func:`evaluate` reads of a (map-style) dataset besides its samples: its length and class
+    metadata (:class:`~weakseg.data.base.SegDataset` has them all)."""
+
+    @property
+    def classes(self) -> Sequence[str]: ...
+
+    @property
+    def num_classes(self) -> int: ...
+
+    @property
+    def ignore_index(self) -> int: ...
+
+    def __len__(self) -> int: ...
+
+
 def _model_device(model: nn.Module) -> torch.device | None:
-    param = next(model.parameters(), None)
+    param: torch.Tensor | None = next(model.parameters(), None)
     if param is None:
         param = next(model.buffers(), None)
     return None if param is None else param.device
@@ -147,6 +164,11 @@ def evaluate(
         "per_class_num_volumes", "mean_Dice", "num_volumes", "num_slices", "per_volume"}`` over the
         foreground classes (see :class:`~weakseg.metrics.VolumeDice`).
     """
+    if not isinstance(dataset, LabelledDataset):
+        raise TypeError(
+            "evaluate needs a dataset with classes, num_classes, ignore_index and a length; "
+            f"got {type(dataset).__name__}"
+        )
     class_names = [str(c) for c in dataset.classes]
     num_classes = int(dataset.num_classes)
     ignore = int(dataset.ignore_index)
@@ -161,9 +183,10 @@ def evaluate(
         )
     palette = make_palette(256)
     out_dir = Path(save_dir) if save_dir is not None else None
+    scales = tuple(scales)
     options = dict(
         num_classes=num_classes,
-        scales=tuple(scales),
+        scales=scales,
         flip=flip,
         window=window,
         window_stride=window_stride,
@@ -217,7 +240,7 @@ def evaluate(
         "confusion_matrix": confusion.matrix.cpu().tolist(),
         "num_samples": num_samples,
         "inference": {
-            "scales": list(options["scales"]),
+            "scales": list(scales),
             "flip": flip,
             "window": list(window) if isinstance(window, Sequence) else window,
             "window_stride": window_stride,

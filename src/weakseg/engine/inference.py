@@ -43,13 +43,10 @@ Size2 = tuple[int, int]
 
 
 def _pair(value: int | Sequence[int], name: str) -> Size2:
-    if isinstance(value, int):
-        pair = (value, value)
-    else:
-        pair = tuple(int(v) for v in value)
+    pair = (value, value) if isinstance(value, int) else tuple(int(v) for v in value)
     if len(pair) != 2 or min(pair) < 1:
         raise ValueError(f"{name} must be a positive int or a pair of positive ints, got {value!r}")
-    return pair  # type: ignore[return-value]
+    return pair[0], pair[1]
 
 
 def _logits_of(output: Any) -> torch.Tensor:

@@ -57,13 +57,13 @@ def output_stems(files: Sequence[Path]) -> list[Path]:
         stems.append(rel.parent / name)
     owner: dict[str, Path] = {}
     for src, stem in zip(files, stems):
-        key = str(stem).casefold()
-        if key in owner:
+        out_key = str(stem).casefold()
+        if out_key in owner:
             raise DataError(
-                f"inputs {owner[key]} and {src} would both be written as {stem}.png; rename one of them "
+                f"inputs {owner[out_key]} and {src} would both be written as {stem}.png; rename one of them "
                 "or predict them in separate runs with different --out folders"
             )
-        owner[key] = src
+        owner[out_key] = src
     return stems
 
 

@@ -24,7 +24,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -45,7 +45,8 @@ __all__ = [
     "write_robustness",
 ]
 
-KINDS = ("shrink", "drop")
+RobustnessKind = Literal["shrink", "drop"]  # the scribble operations swept (data.scribbles)
+KINDS: tuple[RobustnessKind, ...] = ("shrink", "drop")
 # metric key of a row -> axis label
 METRICS = {"mIoU": "mIoU (%)", "volume_mean_Dice": "per-volume mean Dice (%)"}
 ROBUSTNESS_JSON = "robustness.json"
@@ -225,7 +226,7 @@ def robustness_series(
     if metric not in METRICS:
         raise ValueError(f"metric must be 'auto' or one of {', '.join(METRICS)}, got {metric!r}")
     names = _labels(loaded, labels)
-    kinds = [k for k in KINDS if any(r["kind"] == k for r in all_rows)]
+    kinds: list[str] = [k for k in KINDS if any(r["kind"] == k for r in all_rows)]
     kinds += sorted({str(r["kind"]) for r in all_rows} - set(kinds))
     series: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
     for kind in kinds:

@@ -66,7 +66,7 @@ class StepBatchSampler(Sampler[list[tuple[int, int]]]):
         per_step = self.batch_size * self.world_size
         for step in range(self.start_step, self.total_steps):
             epoch, pos = divmod(step, self.steps_per_epoch)
-            if epoch != cached_epoch:
+            if order is None or epoch != cached_epoch:
                 cached_epoch, order = epoch, self.epoch_order(epoch)
             chunk = order[pos * per_step : (pos + 1) * per_step]
             yield [(epoch, int(i)) for i in chunk[self.rank :: self.world_size]]
