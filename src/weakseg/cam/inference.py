@@ -202,7 +202,10 @@ def multiscale_cams(
 
 
 def tagged_cams(
-    maps: Mapping[str, torch.Tensor], index: int, present: Sequence[int], foreground: Sequence[int]
+    maps: Mapping[str, torch.Tensor],
+    index: int,
+    present: Sequence[int] | np.ndarray,
+    foreground: Sequence[int],
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Steps 4-5 for image ``index`` of :func:`multiscale_cams`'s sums: the channels of the ``present``
     foreground classes (dataset indices, among ``foreground``), each divided by its maximum, and the own

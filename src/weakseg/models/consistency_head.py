@@ -59,6 +59,7 @@ class FeatureConsistencyHead(nn.Module):
         self.project = nn.Conv2d(hidden, out_dim, 1)
         init_hidden(nn.ModuleList(m for m in self.hidden if not isinstance(m, nn.LazyConv2d)))
         nn.init.normal_(self.project.weight, std=0.01)
+        assert self.project.bias is not None  # nn.Conv2d's default bias=True
         nn.init.zeros_(self.project.bias)
         self.out_dim = out_dim
 

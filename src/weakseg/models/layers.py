@@ -55,5 +55,6 @@ def init_hidden(module: nn.Module) -> None:
 
 def init_classifier(conv: nn.Conv2d) -> None:
     """Small logits at the start: weights ~ N(0, 0.01^2), zero bias (the DeepLab-v2 initialisation)."""
+    assert conv.bias is not None, "init_classifier expects a convolution with a bias"
     nn.init.normal_(conv.weight, std=0.01)
     nn.init.zeros_(conv.bias)

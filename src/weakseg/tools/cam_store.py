@@ -100,7 +100,8 @@ def save_cams(
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as handle:
-            np.savez(handle, **arrays)
+            # numpy's stub checks the unpacked arrays against savez's allow_pickle: bool as well
+            np.savez(handle, **arrays)  # type: ignore[arg-type]
 
     return atomic_write(path, write)
 
