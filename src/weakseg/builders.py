@@ -13,7 +13,8 @@ from pathlib import Path
 from torch import nn
 
 from weakseg.config import Config, ConfigError
-from weakseg.data import COCODataset, FolderDataset, SegDataset, VOCDataset
+from weakseg.data import SegDataset
+from weakseg.data.formats import create_dataset
 from weakseg.data.transforms import IMAGENET_MEAN_RGB, build_eval_transform, build_train_transform
 from weakseg.methods import Method, build_method, get_method_class
 from weakseg.models import create_segmentor
@@ -27,26 +28,17 @@ def build_dataset(cfg: Config, split: str, *, train: bool, requires: Iterable[st
     """
     d = cfg.data
     requires = set(requires)
-    load_masks = not train or "mask" in requires
-    if d.format == "folder":
-        dataset: SegDataset = FolderDataset(
-            d.root,
-            split,
-            load_masks=load_masks,
-            load_pseudo=train and "pseudo" in requires,
-            tags_source=d.tags,
-        )
-    elif d.format == "voc":
-        dataset = VOCDataset(
-            d.root,
-            split,
-            scribbles=d.scribbles if (not train or "scribble" in requires) else None,
-            scribble_width=d.scribble_width,
-            load_masks=load_masks,
-            tags_source=d.tags,
-        )
-    else:
-        dataset = COCODataset(d.root, split, load_masks=load_masks, tags_source=d.tags)
+    dataset = create_dataset(
+        d.format,
+        d.root,
+        split,
+        load_masks=not train or "mask" in requires,
+        scribbles="load" if (not train or "scribble" in requires) else None,
+        pseudo=train and "pseudo" in requires,
+        tags_source=d.tags,
+        scribble_format=d.scribbles,
+        scribble_width=d.scribble_width,
+    )
     dataset.seed = cfg.train.seed
     if train:
         # grey images (MRI, CT) are padded with black, their background; colour images with the

@@ -60,16 +60,10 @@ def _parse_weights(items: list[str] | None) -> dict[str, float] | None:
 
 def _open_dataset(root: str, split: str, fmt: str, load_masks: bool = True) -> Any:
     """A dataset without transforms (raw images and masks)."""
-    from weakseg.data import COCODataset, FolderDataset, VOCDataset
+    from weakseg.data.formats import create_dataset
 
-    if fmt == "voc":
-        return VOCDataset(root, split, scribbles=None, load_masks=load_masks, tags_source="none")
-    if fmt == "coco":
-        return COCODataset(root, split, load_masks=load_masks, tags_source="none")
-    if fmt != "folder":
-        raise DataError(f"unknown dataset format {fmt!r}; expected folder, voc or coco")
-    return FolderDataset(
-        root, split, load_masks=load_masks, load_scribbles=False, load_pseudo=False, tags_source="none"
+    return create_dataset(
+        fmt, root, split, load_masks=load_masks, scribbles="off", pseudo=False, tags_source="none"
     )
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-METHODS: dict[str, type[Method]] = {}
+from weakseg.registry import Registry
 
 
 @dataclass
@@ -106,23 +106,25 @@ class Method(nn.Module):
         raise NotImplementedError
 
 
+#: name -> method class
+METHODS: Registry[type[Method]] = Registry("method")
+
+
 def register_method(cls: type[Method]) -> type[Method]:
-    """Class decorator adding a method to :data:`METHODS` under ``cls.name``."""
+    """Class decorator adding a method to :data:`METHODS` under ``cls.name`` (described by the first line
+    of its docstring)."""
     if not cls.name:
         raise ValueError(f"{cls.__name__} has no name")
-    if cls.name in METHODS:
-        raise ValueError(f"method '{cls.name}' is registered twice")
-    METHODS[cls.name] = cls
-    return cls
+    return METHODS.add(cls.name, cls)
 
 
 def available_methods() -> list[str]:
-    return sorted(METHODS)
+    return METHODS.names()
 
 
 def get_method_class(name: str) -> type[Method]:
-    if name not in METHODS:
-        raise KeyError(f"unknown method '{name}'; available: {', '.join(available_methods())}")
+    """The method class registered as ``name`` (:class:`~weakseg.registry.UnknownNameError`, a KeyError,
+    listing the names otherwise)."""
     return METHODS[name]
 
 
@@ -141,3 +143,11 @@ def build_method(
         )
     params = cls.Params(**spec)
     return cls(params, num_classes=num_classes, ignore_index=ignore_index, background=background)
+
+
+def create_method(
+    name: str, *, num_classes: int, ignore_index: int = 255, background: int | None = 0, **params: Any
+) -> Method:
+    """Build the method registered as ``name`` with ``params`` over its defaults."""
+    spec = {"name": name, **params}
+    return build_method(spec, num_classes, ignore_index=ignore_index, background=background)

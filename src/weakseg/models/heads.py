@@ -29,7 +29,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from weakseg.registry import Registry
+
 NORMS = ("bn", "syncbn", "gn")
+
+HeadFactory = Callable[..., nn.Module]
+
+#: name -> head class / factory ``(in_channels, strides, num_classes, **options)``
+HEADS: Registry[HeadFactory] = Registry("head")
+
+
+def register_head(name: str, *, description: str | None = None) -> Callable[[HeadFactory], HeadFactory]:
+    """Decorator adding a head class (or factory) to :data:`HEADS` under ``name``."""
+    return HEADS.register(name, description=description)
+
 
 #: Crop side the published ASPP dilation rates were designed for (DeepLab: 513-pixel crops, a 33x33 map
 #: at output stride 16). Smaller crops scale the rates down with :func:`fit_aspp_rates`.
@@ -138,6 +151,7 @@ def _init_classifier(conv: nn.Conv2d) -> None:
     nn.init.zeros_(conv.bias)
 
 
+@register_head("deeplabv2", description="DeepLab-v2 ASPP classifier: sum of four dilated 3x3 convs")
 class DeepLabV2Head(nn.Module):
     """The classic DeepLab-v2 ASPP classifier (Chen et al., TPAMI 2018).
 
@@ -176,6 +190,9 @@ class DeepLabV2Head(nn.Module):
         return logits, x
 
 
+@register_head(
+    "deeplabv2_aspp_bn", description="DeepLab-v2 ASPP with BatchNorm and image pooling (later code)"
+)
 class DeepLabV2ASPPBNHead(nn.Module):
     """DeepLab-v2-style head with BatchNorm ASPP, as found in later re-implementations (not the paper's).
 
@@ -214,6 +231,9 @@ class DeepLabV2ASPPBNHead(nn.Module):
         return self.classifier(self.dropout(embedding)), embedding
 
 
+@register_head(
+    "deeplabv2_cdsp", description="the CDSP authors' ASPP: num_classes-wide branches fused by 1x1 conv + norm"
+)
 class CDSPASPPHead(nn.Module):
     """The ASPP head of the CDSP authors' ResNet "DeepLabV2" models (their R50-V2 ablation), whose branches
     are as wide as the number of classes.
@@ -251,6 +271,7 @@ class CDSPASPPHead(nn.Module):
         return self.fuse(embedding), embedding
 
 
+@register_head("deeplabv3plus", description="DeepLab-v3+: ASPP on the deepest level + low-level decoder")
 class DeepLabV3PlusHead(nn.Module):
     """DeepLab-v3+ (Chen et al., ECCV 2018) on the deepest and the shallowest backbone levels.
 
@@ -308,33 +329,18 @@ class DeepLabV3PlusHead(nn.Module):
         return self.classifier(embedding), embedding
 
 
-HeadFactory = Callable[..., nn.Module]
-
-#: name -> head class / factory ``(in_channels, strides, num_classes, **options)``
-HEADS: dict[str, HeadFactory] = {
-    "deeplabv2": DeepLabV2Head,
-    "deeplabv2_aspp_bn": DeepLabV2ASPPBNHead,
-    "deeplabv2_cdsp": CDSPASPPHead,
-    "deeplabv3plus": DeepLabV3PlusHead,
-}
-
-
 def available_heads() -> list[str]:
     """Registered head names, sorted."""
-    return sorted(HEADS)
+    return HEADS.names()
 
 
 def create_head(
     name: str, in_channels: Sequence[int], strides: Sequence[int], num_classes: int, **kwargs
 ) -> nn.Module:
     """Build the head registered as ``name`` for a backbone with these per-level channels and strides."""
-    if name not in HEADS:
-        raise ValueError(f"unknown head '{name}'; available: {', '.join(available_heads())}")
+    factory = HEADS[name]  # an unknown name: UnknownNameError (a ValueError) listing the names
     if len(in_channels) != len(strides) or not in_channels:
         raise ValueError(f"{name}: in_channels {list(in_channels)} and strides {list(strides)} must match")
     if num_classes < 1:
         raise ValueError(f"{name}: num_classes must be >= 1, got {num_classes}")
-    return HEADS[name](list(in_channels), list(strides), num_classes, **kwargs)
-
-
-from weakseg.models import upernet as _upernet  # noqa: E402, F401  (registers HEADS["upernet"])
+    return factory(list(in_channels), list(strides), num_classes, **kwargs)

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from weakseg.models.heads import HEADS, ConvNormAct, _init_classifier, _init_hidden, make_norm
+from weakseg.models.heads import ConvNormAct, _init_classifier, _init_hidden, make_norm, register_head
 
 #: the rescaling factors of :class:`SimplePyramid` (stride 16 -> 4, 8, 16, 32)
 PYRAMID_SCALES = (4.0, 2.0, 1.0, 0.5)
@@ -93,6 +93,7 @@ class SimplePyramid(nn.Module):
         return [rescale(x) for rescale, x in zip(self.rescalers, maps)]
 
 
+@register_head("upernet", description="UperNet: PPM + FPN decoder (its own pyramid for single-level ViTs)")
 class UperNetHead(nn.Module):
     """UperNet (PPM + FPN) decoder; ``forward(features) -> (logits, embedding)`` at the finest stride.
 
@@ -164,6 +165,3 @@ class UperNetHead(nn.Module):
         size = outs[0].shape[-2:]
         embedding = self.fuse(torch.cat([_resize(x, size) for x in outs], dim=1))
         return self.classifier(self.dropout(embedding)), embedding
-
-
-HEADS["upernet"] = UperNetHead
