@@ -12,7 +12,17 @@ from weakseg.config import ConfigError, load_config
 from weakseg.data.formats import DATASETS, create_dataset, dataset_splits
 from weakseg.data.synthetic import make_synthetic_dataset
 from weakseg.io import UserError
-from weakseg.methods import METHODS, Method, create_method, get_method_class
+from weakseg.methods import (
+    METHODS,
+    AdaptsEvaluation,
+    BuildsModel,
+    FitsDataset,
+    Method,
+    TrainsOwnLayers,
+    create_method,
+    get_method_class,
+    model_kind,
+)
 from weakseg.models import BACKBONES, HEADS, create_head
 from weakseg.registry import Registry, UnknownNameError
 
@@ -63,9 +73,15 @@ def test_unknown_names_list_the_registered_ones() -> None:
         load_config(None, ["data.format=vocc"])
 
 
-def test_methods_are_created_by_name() -> None:
+def test_methods_declare_their_capabilities_as_protocols() -> None:
+    """The base class holds what every method needs; the rest is an explicit, checkable capability."""
+    assert {name for name, cls in METHODS.items() if isinstance(cls, BuildsModel)} == {"aal", "cam", "sfc"}
+    assert {model_kind(cls) for cls in METHODS.values()} == {"segmentor", "classifier", "single_stage"}
     pce = create_method("pce", num_classes=3)
-    assert isinstance(pce, Method) and type(pce) is METHODS["pce"]
+    assert isinstance(pce, Method) and model_kind(pce) == "segmentor"
+    assert not isinstance(pce, (FitsDataset, AdaptsEvaluation, TrainsOwnLayers))
+    assert isinstance(create_method("cam", num_classes=3, bg_threshold=0.2), AdaptsEvaluation)
+    assert isinstance(create_method("dfr", num_classes=3), TrainsOwnLayers)
     assert create_method("cam", num_classes=3, bg_threshold=0.2).params.bg_threshold == 0.2
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -17,6 +18,7 @@ from weakseg.data import SegDataset
 from weakseg.data.formats import create_dataset
 from weakseg.data.transforms import IMAGENET_MEAN_RGB, build_eval_transform, build_train_transform
 from weakseg.methods import Method, build_method, get_method_class
+from weakseg.methods.base import BuildsModel, model_kind
 from weakseg.models import create_segmentor
 
 
@@ -90,15 +92,21 @@ def method_requires(cfg: Config) -> tuple[str, ...]:
 def build_model(
     cfg: Config, num_classes: int, *, background: int | None = 0, pretrained: bool = True
 ) -> nn.Module:
-    """The network the configured method trains: a segmentor, a CAM classifier for
-    image-level methods (``Method.model_kind == "classifier"``; ``model.head`` is then ignored), or a
-    single-stage network (``"single_stage"``: shared backbone, CAM branch and segmentation head).
+    """The network the configured method trains: a segmentor, or the network of a method that
+    :class:`~weakseg.methods.base.BuildsModel` (a CAM classifier for image-level methods, where
+    ``model.head`` is ignored; a single-stage network: shared backbone, CAM branch and segmentation head).
 
     ``pretrained=False`` skips weight loading (when a checkpoint's weights follow).
     """
     m = cfg.model
     check_model_config(cfg)
-    common = dict(
+    head_kwargs = aspp_head_kwargs(cfg)
+    if m.head_channels is not None:
+        head_kwargs["channels"] = m.head_channels
+    options: dict[str, Any] = dict(
+        backbone=m.backbone,
+        head=m.head,
+        head_kwargs=head_kwargs,
         num_classes=num_classes,
         pretrained=m.pretrained if pretrained else None,
         output_stride=m.output_stride,
@@ -106,23 +114,10 @@ def build_model(
         freeze_bn=m.freeze_bn,
     )
     method_cls = get_method_class(cfg.method["name"])
-    if method_cls.model_kind == "classifier":
-        from weakseg.models.classifier import create_cam_classifier
-
-        return create_cam_classifier(
-            backbone=m.backbone, background=background, **common, **method_cls.model_kwargs(cfg.method)
-        )
-    head_kwargs = aspp_head_kwargs(cfg)
-    if m.head_channels is not None:
-        head_kwargs["channels"] = m.head_channels
     try:
-        if method_cls.model_kind == "single_stage":  # shared backbone: CAM branch + segmentation head
-            from weakseg.models.single_stage import create_single_stage
-
-            return create_single_stage(
-                backbone=m.backbone, head=m.head, head_kwargs=head_kwargs, background=background, **common
-            )
-        return create_segmentor(backbone=m.backbone, head=m.head, head_kwargs=head_kwargs, **common)
+        if isinstance(method_cls, BuildsModel):
+            return method_cls.build_model(cfg.method, background=background, **options)
+        return create_segmentor(**options)
     except TypeError as err:
         if head_kwargs and "channels" in str(err):
             raise ConfigError(
@@ -143,7 +138,7 @@ def check_model_config(cfg: Config) -> None:
         raise ConfigError(
             f"config key 'model.backbone' is '{m.backbone}'; expected one of {', '.join(sorted(BACKBONES))}"
         )
-    if get_method_class(cfg.method["name"]).model_kind != "classifier" and m.head not in HEADS:
+    if model_kind(get_method_class(cfg.method["name"])) != "classifier" and m.head not in HEADS:
         raise ConfigError(
             f"config key 'model.head' is '{m.head}'; expected one of {', '.join(sorted(HEADS))}"
         )

@@ -14,6 +14,7 @@ from weakseg.models.backbones import (
     register_backbone,
 )
 from weakseg.models.heads import HEADS, available_heads, create_head, register_head
+from weakseg.models.network import BackboneSpec
 from weakseg.models.segmentor import Segmentor, create_segmentor, upsample_logits
 from weakseg.models.weights import LoadReport, WeightsError, load_pretrained
 
@@ -21,6 +22,7 @@ __all__ = [
     "BACKBONES",
     "HEADS",
     "Backbone",
+    "BackboneSpec",
     "LoadReport",
     "Segmentor",
     "WeightsError",
