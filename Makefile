@@ -1,12 +1,14 @@
-# make demo  - set up .venv and run the demo (synthetic data -> train -> evaluate -> overlays)
-# make test  - set up .venv and run the whole test suite
+# make demo       - set up .venv and run the demo (synthetic data -> train -> evaluate -> overlays)
+# make test       - set up .venv and run the whole test suite
+# make lint       - ruff check and ruff format --check on src, tests and benchmarks (CI runs it)
+# make typecheck  - mypy src (settings in pyproject.toml)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 WEAKSEG := $(VENV)/bin/weakseg
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint setup clean
+.PHONY: demo test test-fast lint typecheck setup clean
 
 setup: $(STAMP)
 
@@ -20,7 +22,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: $(STAMP)
 	$(WEAKSEG) data synthetic demo_data/synthetic --num-train 400 --num-val 60 --seed 0 --overwrite
-	$(WEAKSEG) train configs/pce/synthetic_effnetlite0.yaml --overwrite
+	$(WEAKSEG) train configs/pce/synthetic_effnetlite0-v3p_96x96_300.yaml --overwrite
 	$(WEAKSEG) predict runs/demo_pce/last.ckpt demo_data/synthetic/images/val_0000.png \
 		demo_data/synthetic/images/val_0001.png demo_data/synthetic/images/val_0002.png --out runs/demo_pce/predict
 	@echo
@@ -33,8 +35,14 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
+LINT_PATHS := src tests benchmarks
+
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy src
 
 clean:
 	rm -rf runs demo_data .pytest_cache

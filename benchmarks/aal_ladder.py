@@ -1,9 +1,9 @@
 """The AAL ladder on CamVid or the synthetic shapes: baseline, + AA, + LR, + both, at one budget.
 
 ``aal`` is designed from the paper's abstract (docs/aal.md), so this ladder is our own ablation, not the
-paper's. Every variant is ``configs/aal/camvid_effnetlite0.yaml`` (EfficientNet-lite0 + DeepLabV3+, image
-tags taken from the CamVid masks with ``data.tags=masks``) plus the switches below, trained for the
-same steps, batch size and seed:
+paper's. Every variant is ``configs/aal/camvid_effnetlite0-v3p_256x256_3k.yaml`` (EfficientNet-lite0 +
+DeepLabV3+, image tags taken from the CamVid masks with ``data.tags=masks``) plus the switches below,
+trained for the same steps, batch size and seed:
 
 =========  ==========================================  ==========================================
 variant    overrides                                   losses
@@ -14,9 +14,10 @@ lr         ``method.use_aa=false``                      + label reassign loss
 both       (defaults)                                   + both
 =========  ==========================================  ==========================================
 
-``--dataset synthetic`` uses ``configs/aal/synthetic_effnetlite0.yaml`` on the demo's synthetic shapes,
-whose image tags vary from image to image. CamVid's barely do (sky, pole and road are in every train
-image, building and car in 98-99 %), which leaves a classifier little reason to localise them.
+``--dataset synthetic`` uses ``configs/aal/synthetic_effnetlite0-v3p_96x96_300.yaml`` on the demo's
+synthetic shapes, whose image tags vary from image to image. CamVid's barely do (sky, pole and road are
+in every train image, building and car in 98-99 %), which leaves a classifier little reason to localise
+them.
 
 Reported per variant: segmentation mIoU on val (the engine's final validation of the
 segmentation logits), and the **step time** of the joint phase (classification + pseudo masks +
@@ -45,6 +46,12 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
+#: --dataset -> its config in configs/aal/
+CONFIG_FILES: dict[str, str] = {
+    "camvid": "camvid_effnetlite0-v3p_256x256_3k.yaml",
+    "synthetic": "synthetic_effnetlite0-v3p_96x96_300.yaml",
+}
+
 #: variant -> method overrides
 VARIANTS: dict[str, list[str]] = {
     "baseline": ["method.use_aa=false", "method.use_lr=false"],
@@ -58,9 +65,10 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
         "--dataset",
-        choices=["camvid", "synthetic"],
+        choices=sorted(CONFIG_FILES),
         default="camvid",
-        help="which configs/aal/<dataset>_effnetlite0.yaml; synthetic = the demo's shapes (made if missing)",
+        help=f"camvid: configs/aal/{CONFIG_FILES['camvid']}; synthetic: configs/aal/"
+        f"{CONFIG_FILES['synthetic']} on the demo's shapes (made if missing)",
     )
     p.add_argument(
         "--data", default=None, help="dataset folder (default: ../shared/data/camvid or demo_data/synthetic)"
@@ -97,7 +105,7 @@ def config_for(variant: str, args: argparse.Namespace, out: Path):
     from weakseg.config import load_config
 
     return load_config(
-        ROOT / "configs" / "aal" / f"{args.dataset}_effnetlite0.yaml",
+        ROOT / "configs" / "aal" / CONFIG_FILES[args.dataset],
         [
             *VARIANTS[variant],
             f"data.root={args.data}",

@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+#: the CamVid config of cam and of sfc, in configs/cam/ and configs/sfc/
+CONFIG_FILE = "camvid_effnetlite0-cls_256x256_1500.yaml"
 
 
 def parse_args() -> argparse.Namespace:
@@ -58,7 +60,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def train_method(method: str, args: argparse.Namespace, run_dir: Path) -> dict:
-    """Train ``configs/<method>/camvid_effnetlite0.yaml`` for ``--steps``; returns timing."""
+    """Train ``configs/<method>/`` + :data:`CONFIG_FILE` for ``--steps``; returns timing."""
     from weakseg.config import load_config
     from weakseg.engine.trainer import train
 
@@ -66,7 +68,7 @@ def train_method(method: str, args: argparse.Namespace, run_dir: Path) -> dict:
     if args.reuse and ckpt.is_file():
         return {"train_s": None, "reused": True}
     cfg = load_config(
-        ROOT / "configs" / method / "camvid_effnetlite0.yaml",
+        ROOT / "configs" / method / CONFIG_FILE,
         [
             f"data.root={args.data}",
             "data.tags=masks",
@@ -87,12 +89,13 @@ def train_method(method: str, args: argparse.Namespace, run_dir: Path) -> dict:
 def main() -> int:
     import torch
 
-    from weakseg.cam.pseudo_labels import PseudoLabelParams, make_pseudo_labels
-    from weakseg.cam.seeds import evaluate_seeds, write_seed_report
-    from weakseg.cam.store import load_cam_meta
-    from weakseg.cli_cam import make_cams
+    from weakseg.cam.pseudo_labels import PseudoLabelParams
     from weakseg.data import FolderDataset
     from weakseg.postprocess.crf import CRFParams
+    from weakseg.tools.cam_folder import make_cams
+    from weakseg.tools.cam_store import load_cam_meta
+    from weakseg.tools.pseudo_dataset import make_pseudo_labels
+    from weakseg.tools.seed_report import evaluate_seeds, write_seed_report
 
     args = parse_args()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -15,9 +15,9 @@ report and the next section runs):
                backward, fp32 and bf16, and which ``scaled_dot_product_attention`` kernel it runs
 ``crf``        the torch dense CRF (exact and lattice backends, on the device and the lattice on CPU)
                against pydensecrf2 on CPU at full VOC size (500×375, 21 classes, 10 iterations)
-``segmentor``  a training step of DeepLabV3+-ResNet-101 (``configs/pce/voc_r101_v3p.yaml``, random
-               init) at batch 12, 512², bf16: images/s, FLOPs per step and MFU against the device's
-               dense bf16 peak
+``segmentor``  a training step of DeepLabV3+-ResNet-101 (``configs/pce/voc_r101-v3p_465x465_33k.yaml``,
+               random init) at batch 12, 512², bf16: images/s, FLOPs per step and MFU against the
+               device's dense bf16 peak
 ``overhead``   the step time of rloss, gatedcrf and dfr (and rloss with the lattice backend) relative
                to pce in that setting (target for rloss: at most x1.15; rloss's own README reports x1.58)
 =============  =====================================================================================
@@ -193,7 +193,7 @@ def sdpa_kernels(fn: Callable[[], Any]) -> list[str]:
 # --------------------------------------------------------------------------------------------------
 def _kernel_row(size: int, ctx: Context, naive_max_gb: float, lattice_ok: bool) -> dict[str, Any]:
     """Exact / naive / lattice figures of ``W·v`` on one ``size``² grid (B = 2, C = 21)."""
-    from weakseg.losses.pairwise_kernel import (
+    from weakseg.ops.pairwise_kernel import (
         gaussian_affinity_apply,
         kernel_features_rgbxy,
         naive_gaussian_affinity_apply,
@@ -244,7 +244,7 @@ def _kernel_row(size: int, ctx: Context, naive_max_gb: float, lattice_ok: bool) 
 
 def section_kernel(ctx: Context) -> dict[str, Any]:
     """Exact fused kernel vs explicit matrix vs lattice, per grid size."""
-    from weakseg.losses.pairwise_kernel import gaussian_affinity_apply
+    from weakseg.ops.pairwise_kernel import gaussian_affinity_apply
 
     sizes = [16, 24] if ctx.quick else [64, 96, 128, 192, 256]
     lattice_ok = "backend" in gaussian_affinity_apply.__code__.co_varnames
@@ -264,7 +264,7 @@ def section_kernel(ctx: Context) -> dict[str, Any]:
 
 def _lorm_row(batch: int, grid: int, channels: int, dtype: torch.dtype, ctx: Context) -> dict[str, Any]:
     """Fused and explicit LoRM forward + backward at one setting, and the SDPA ops the fused one runs."""
-    from weakseg.losses.lorm import lorm_attention, lorm_attention_explicit
+    from weakseg.models.lorm import lorm_attention, lorm_attention_explicit
 
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(batch, channels, grid, grid, generator=gen) for _ in range(3))
@@ -384,6 +384,10 @@ def section_crf(ctx: Context) -> dict[str, Any]:
     }
 
 
+#: every method's VOC DeepLabV3+-ResNet-101 config has this name in its folder under configs/
+VOC_CONFIG = "voc_r101-v3p_465x465_33k.yaml"
+
+
 def _step_config(method: str, quick: bool, extra: list[str]) -> Any:
     """The VOC R101 DeepLabV3+ config of ``method`` at the suite's setting (random init, no data)."""
     from weakseg.config import load_config
@@ -396,7 +400,7 @@ def _step_config(method: str, quick: bool, extra: list[str]) -> Any:
             common += ["method.head_hidden=32"]
     else:
         common += ["data.crop_size=[512,512]", "train.batch_size=12", "train.amp=bf16"]
-    return load_config(ROOT / "configs" / method / "voc_r101_v3p.yaml", [*common, *extra])
+    return load_config(ROOT / "configs" / method / VOC_CONFIG, [*common, *extra])
 
 
 def _synthetic_batch(cfg: Any, classes: int, device: torch.device) -> dict[str, Any]:
@@ -543,7 +547,7 @@ def section_overhead(ctx: Context) -> dict[str, Any]:
                 row["target"] = target
                 row["meets_target"] = row["over_pce"] <= target
     return {
-        "setting": "as the segmentor section, each method's configs/<method>/voc_r101_v3p.yaml",
+        "setting": f"as the segmentor section, each method's configs/<method>/{VOC_CONFIG}",
         "rows": rows,
     }
 

@@ -6,11 +6,11 @@ Four stages, each recorded as ``benchmarks/results/<dataset>-image/<variant>_see
 whose file exists. Every step runs as a ``weakseg`` command (recorded in the result's ``command``).
 
 1. **Seeds** (variants ``cam_seeds``, ``sfc_seeds``): ``cam`` and ``sfc`` trained at one budget
-   (``configs/<method>/<vocreal|msrcreal>_effnetlite0.yaml``: same steps, batch, crops and optimiser
-   rules; SFC's bank adds 4 samples a step), multi-scale + flip CAMs of every train image, and the seed
-   sweep on train by **the same rule for both**: the raw classifier CAM with IRN's constant background
-   score. ``score`` = the oracle best threshold's mIoU (chosen on the train masks, labelled so);
-   ``score_fixed`` = the rule's own entry (IRN's 0.15 with a background class, also stored as
+   (``configs/<method>/<vocreal|msrcreal>_effnetlite0-cls_224x224_800.yaml``: same steps, batch, crops
+   and optimiser rules; SFC's bank adds 4 samples a step), multi-scale + flip CAMs of every train image,
+   and the seed sweep on train by **the same rule for both**: the raw classifier CAM with IRN's constant
+   background score. ``score`` = the oracle best threshold's mIoU (chosen on the train masks, labelled
+   so); ``score_fixed`` = the rule's own entry (IRN's 0.15 with a background class, also stored as
    ``score_at_0.15``; the plain arg-max without one, as on MSRC). ``sfc_seeds`` also stores SFC's own
    rule (``make_cam`` biases on the maps' own background: ``M_W + M_P`` and ``M_P`` alone) and its
    collapse diagnostics (share of images with an empty background prototype, background-seed share).
@@ -20,10 +20,12 @@ whose file exists. Every step runs as a ``weakseg`` command (recorded in the res
    background); ``score`` = mIoU on the labelled pixels, with ``coverage`` and the mIoU counting
    ignored pixels as misses.
 3. **Two stages** (``two_stage``): ``full`` with ``method.label=pseudo`` trained on those pseudo-labels
-   (``configs/full/synthetic_effnetlite0.yaml`` with this dataset's crops and steps); val mIoU.
+   (``configs/full/synthetic_effnetlite0-v3p_96x96_300.yaml`` with this dataset's crops and steps); val
+   mIoU.
 4. **AAL** (``aal_baseline``, ``aal_aa``, ``aal_lr``, ``aal``): the single-stage network with CE on its
    on-the-fly pseudo masks, + adaptive affinity, + label reassignment, + both, at one budget
-   (``configs/aal/<key>_effnetlite0.yaml``); val mIoU and the joint-phase step time from the run's log.
+   (``configs/aal/<vocreal|msrcreal>_effnetlite0-v3p_224x224_500.yaml``); val mIoU and the joint-phase
+   step time from the run's log.
 
 Each training's validation curve (step -> score) and whether its last fifth is flat
 (:func:`results_io.plateau`) are stored with it. MSRC has no background class: seeds, pseudo-labels and
@@ -61,10 +63,21 @@ from results_io import RESULTS, plateau, result_path, write_result
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = "../shared/data"  # relative to the repository root, where every command runs
 
-#: --dataset -> (config stem, data root, result dataset name)
-DATASETS: dict[str, tuple[str, str, str]] = {
-    "voc-real": ("vocreal_effnetlite0", f"{SHARED}/voc-real", "voc-real-image"),
-    "msrc-real": ("msrcreal_effnetlite0", f"{SHARED}/msrc-real", "msrc-real-image"),
+#: --dataset -> (config file name of the classifiers in configs/cam/ and configs/sfc/, of AAL in
+#: configs/aal/; data root; result dataset name)
+DATASETS: dict[str, tuple[str, str, str, str]] = {
+    "voc-real": (
+        "vocreal_effnetlite0-cls_224x224_800.yaml",
+        "vocreal_effnetlite0-v3p_224x224_500.yaml",
+        f"{SHARED}/voc-real",
+        "voc-real-image",
+    ),
+    "msrc-real": (
+        "msrcreal_effnetlite0-cls_224x224_800.yaml",
+        "msrcreal_effnetlite0-v3p_224x224_500.yaml",
+        f"{SHARED}/msrc-real",
+        "msrc-real-image",
+    ),
 }
 STAGES = ("seeds", "pseudo", "two_stage", "aal")
 #: AAL variant -> (result variant, overrides)
@@ -104,7 +117,7 @@ class Ladder:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.stem, source_root, self.name = DATASETS[args.dataset]
+        self.cls_config, self.aal_config, source_root, self.name = DATASETS[args.dataset]
         self.work = Path(args.runs) / args.dataset
         self.results = Path(args.results)
         self.seed = args.seed
@@ -200,7 +213,7 @@ class Ladder:
     def seeds_of(self, method: str) -> None:
         mdir = self.work / f"{method}_seed{self.seed}"
         run_dir, cam_dir = mdir / "run", mdir / "cams"
-        config = f"configs/{method}/{self.stem}.yaml"
+        config = f"configs/{method}/{self.cls_config}"
         metrics, train_wall, train_cmd = self.train(config, [f"data.root={self.root}"], run_dir)
         scales = [str(s) for s in self.args.cam_scales]
         rule = "sfc" if method == "sfc" else "irn"
@@ -313,7 +326,7 @@ class Ladder:
             raise SystemExit(f"no pseudo-labels in {self.pseudo_dir()}: run --stages pseudo first")
         from weakseg.config import load_config
 
-        base = load_config(ROOT / "configs" / "cam" / f"{self.stem}.yaml")  # the ladder's crops and budget
+        base = load_config(ROOT / "configs" / "cam" / self.cls_config)  # the ladder's crops and budget
         d, t = base.data, base.train
         overrides = [
             f"data.root={self.pseudo_dir()}",
@@ -331,7 +344,8 @@ class Ladder:
                 f"train.ckpt_every={t.ckpt_every}",
             ]
         run_dir = self.work / f"two_stage_seed{self.seed}"
-        metrics, wall, command = self.train("configs/full/synthetic_effnetlite0.yaml", overrides, run_dir)
+        config = "configs/full/synthetic_effnetlite0-v3p_96x96_300.yaml"
+        metrics, wall, command = self.train(config, overrides, run_dir)
         curve = self.curve(run_dir)
         steps = int(metrics["step"])
         self.record(
@@ -355,7 +369,7 @@ class Ladder:
             if self.done(name):
                 continue
             run_dir = self.work / f"aal_{variant}_seed{self.seed}"
-            config = f"configs/aal/{self.stem}.yaml"
+            config = f"configs/aal/{self.aal_config}"
             metrics, wall, command = self.train(config, [f"data.root={self.root}", *switches], run_dir)
             cfg = _yaml(run_dir / "config.yaml")
             rows = self.log_rows(run_dir)

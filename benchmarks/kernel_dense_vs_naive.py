@@ -23,7 +23,7 @@ import sys
 import torch
 
 from measure import time_and_peak
-from weakseg.losses.pairwise_kernel import (
+from weakseg.ops.pairwise_kernel import (
     gaussian_affinity_apply,
     kernel_features_rgbxy,
     naive_gaussian_affinity_apply,

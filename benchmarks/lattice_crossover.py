@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from weakseg.io import read_image
-from weakseg.losses.pairwise_kernel import gaussian_affinity_apply, kernel_features_rgbxy
+from weakseg.ops.pairwise_kernel import gaussian_affinity_apply, kernel_features_rgbxy
 
 DEFAULT_IMAGE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "camvid"
 

@@ -21,7 +21,7 @@ import sys
 import torch
 
 from measure import time_and_peak
-from weakseg.losses.lorm import lorm_attention, lorm_attention_explicit
+from weakseg.models.lorm import lorm_attention, lorm_attention_explicit
 
 FORMS = {"fused": lorm_attention, "explicit": lorm_attention_explicit}
 

@@ -1,8 +1,8 @@
 """Methods side by side at one fixed training budget, on real data, CPU-sized.
 
-Each variant is a method config (``configs/<method>/<dataset>_effnetlite0.yaml``, EfficientNet-lite0 +
-DeepLabV3+) plus overrides; every variant trains for the same number of steps at the same batch size
-and seed, then is evaluated on the val split. Datasets:
+Each variant is a method config (``configs/<method>/<dataset>_effnetlite0-v3p_256x256_<steps>.yaml``, see
+``CONFIG_FILES``; EfficientNet-lite0 + DeepLabV3+) plus overrides; every variant trains for the same number
+of steps at the same batch size and seed, then is evaluated on the val split. Datasets:
 
 - ``acdc``: ``../shared/data/acdc-scribble`` (real human scribbles), per-volume 3-D Dice for RV, Myo, LV;
 - ``camvid``: ``../shared/data/camvid`` with scribbles simulated from the masks (made once, seed 0), mIoU.
@@ -15,9 +15,9 @@ and seed, then is evaluated on the val split. Datasets:
 
 CDSP variants (``cdsp``, ``cdsp_no_lorm``, ``cdsp_no_de``, ``cdsp_pseudo_only``) train on CAM pseudo-labels
 made first from the scribbles' class tags, with the same overrides: a ``cam`` classifier
-(``configs/cam/<dataset>_effnetlite0.yaml``, ``data.tags=scribbles``) trained for ``--cdsp-cam-steps``,
-multi-scale + flip CAMs of the train split, then ``weakseg pseudo-labels`` (``--cdsp-crf``); their quality
-against the train masks is printed too.
+(``configs/cam/<dataset>_effnetlite0-cls_256x256_<steps>.yaml``, ``data.tags=scribbles``) trained for
+``--cdsp-cam-steps``, multi-scale + flip CAMs of the train split, then ``weakseg pseudo-labels``
+(``--cdsp-crf``); their quality against the train masks is printed too.
 
     .venv/bin/python benchmarks/quality_equal_budget.py --dataset camvid --variants pce cdsp cdsp_no_lorm \
         cdsp_no_de --steps 150 --cdsp-cam-steps 150
@@ -39,6 +39,13 @@ from weakseg.engine.trainer import train
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT / ".." / "shared" / "data"
 
+# dataset -> the file names of its EfficientNet-lite0 CPU configs: (the segmentation methods' config, in
+# every method's folder under configs/ that has one; the cam classifier's, in configs/cam/)
+CONFIG_FILES: dict[str, tuple[str, str]] = {
+    "acdc": ("acdc_effnetlite0-v3p_256x256_2k.yaml", "acdc_effnetlite0-cls_256x256_1k.yaml"),
+    "camvid": ("camvid_effnetlite0-v3p_256x256_3k.yaml", "camvid_effnetlite0-cls_256x256_1500.yaml"),
+}
+
 # name -> (method whose config folder is used, extra overrides)
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "pce": ("pce", []),
@@ -55,6 +62,8 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     # CDSP and its ablations (need pseudo-labels: --cdsp-cam-steps makes them from the scribbles' tags)
     "cdsp": ("cdsp", []),
     "cdsp_no_lorm": ("cdsp", ["method.lorm=false"]),
+    # LoRM's MSE over the foreground rows only (the authors' code also pulls background features to 0)
+    "cdsp_lorm_fg": ("cdsp", ["method.lorm_reduction=foreground"]),
     "cdsp_no_de": ("cdsp", ["method.distance_entropy=false"]),
     "cdsp_pseudo_only": (
         "cdsp",
@@ -76,10 +85,10 @@ def dataset_root(name: str, work: Path) -> Path:
 
 def config_for(variant: str, dataset: str, root: Path, args: argparse.Namespace, out: Path):
     method, extra = VARIANTS[variant]
-    path = ROOT / "configs" / method / f"{dataset}_effnetlite0.yaml"
+    path = ROOT / "configs" / method / CONFIG_FILES[dataset][0]
     switch = []
     if not path.is_file():  # e.g. `full` on CamVid: the pce config with the method swapped
-        path = ROOT / "configs" / "pce" / f"{dataset}_effnetlite0.yaml"
+        path = ROOT / "configs" / "pce" / CONFIG_FILES[dataset][0]
         switch = [f"method.name={method}"]
     overrides = [
         *switch,
@@ -105,9 +114,10 @@ def scribble_tag_pseudo_labels(
 
     Returns the label folder and the labels' quality against the train masks (mIoU, coverage, ...).
     """
-    from weakseg.cam.pseudo_labels import PseudoLabelParams, make_pseudo_labels
-    from weakseg.cli_cam import make_cams
+    from weakseg.cam.pseudo_labels import PseudoLabelParams
     from weakseg.data import FolderDataset
+    from weakseg.tools.cam_folder import make_cams
+    from weakseg.tools.pseudo_dataset import make_pseudo_labels
 
     cfg = load_config(
         cam_config,
@@ -175,7 +185,7 @@ def main() -> None:
     rows = {}
     pseudo_dir = None
     if any(VARIANTS[v][0] == "cdsp" for v in args.variants):
-        cam_config = ROOT / "configs" / "cam" / f"{args.dataset}_effnetlite0.yaml"
+        cam_config = ROOT / "configs" / "cam" / CONFIG_FILES[args.dataset][1]
         pseudo_dir, _ = scribble_tag_pseudo_labels(cam_config, root, args, out / "cdsp_stage1")
     for variant in args.variants:
         cfg = config_for(variant, args.dataset, root, args, out)

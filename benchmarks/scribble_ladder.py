@@ -49,10 +49,12 @@ from results_io import RESULTS, plateau, write_result
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = "../shared/data"  # relative to the repository root, where the command runs
 
-# dataset -> (config file stem, data root, metric, overrides shared by every variant, extra per method)
+# dataset -> (config file name in each method's folder and in configs/cam/, data root, metric, overrides
+# shared by every variant, extra per method)
 PROTOCOLS: dict[str, dict] = {
     "acdc-scribble": {
-        "config": "acdc_effnetlite0",
+        "config": "acdc_effnetlite0-v3p_256x256_2k.yaml",
+        "cam_config": "acdc_effnetlite0-cls_256x256_1k.yaml",
         "root": f"{SHARED}/acdc-scribble",
         "metric": "mean_dice",
         "overrides": [
@@ -67,7 +69,8 @@ PROTOCOLS: dict[str, dict] = {
         "method_overrides": {"dfr": ["method.shallow_scale=0.5"]},
     },
     "camvid": {
-        "config": "camvid_effnetlite0",
+        "config": "camvid_effnetlite0-v3p_256x256_3k.yaml",
+        "cam_config": "camvid_effnetlite0-cls_256x256_1500.yaml",
         "source": f"{SHARED}/camvid",
         "root": "runs/data/camvid-scribbles",
         "metric": "mIoU",
@@ -83,7 +86,8 @@ PROTOCOLS: dict[str, dict] = {
         "method_overrides": {},
     },
     "voc-real": {
-        "config": "camvid_effnetlite0",
+        "config": "camvid_effnetlite0-v3p_256x256_3k.yaml",
+        "cam_config": "camvid_effnetlite0-cls_256x256_1500.yaml",
         "source": f"{SHARED}/voc-real",
         "root": "runs/data/voc-real-scribbles",
         "metric": "mIoU",
@@ -137,7 +141,7 @@ def cdsp_stage1(dataset: str, seed: int, runs: Path, workers: int, cam_steps: in
     )  # fmt: skip
     quality_file = stage / "pseudo_label_quality.json"
     if not quality_file.is_file():
-        cam_config = f"configs/cam/{proto['config']}.yaml"
+        cam_config = f"configs/cam/{proto['cam_config']}"
         labels, quality = scribble_tag_pseudo_labels(cam_config, Path(proto["root"]), args, stage)
         quality_file.write_text(json.dumps({"labels": str(labels), "quality": quality}))
     record = json.loads(quality_file.read_text())
@@ -150,12 +154,12 @@ def run_command(
     """The ``weakseg train`` command line of this run (without ``--resume``)."""
     proto = PROTOCOLS[dataset]
     method, variant_overrides = VARIANTS[variant]
-    config = ROOT / "configs" / method / f"{proto['config']}.yaml"
+    config = ROOT / "configs" / method / proto["config"]
     switch = []
     if (
         not config.is_file()
     ):  # e.g. a method without its own config for this dataset: pce's with the method swapped
-        config = ROOT / "configs" / "pce" / f"{proto['config']}.yaml"
+        config = ROOT / "configs" / "pce" / proto["config"]
         switch = [f"method.name={method}"]
     overrides = [
         *switch,

@@ -10,13 +10,16 @@ rounds, per protocol and method, in this one invocation. The old version is extr
 The protocols (one thread: ``OMP_NUM_THREADS=1``; ``data.num_workers=1``):
 
 ==========  =================================================================================
-acdc        ``configs/<method>/acdc_effnetlite0.yaml`` with ``data.resize=[128,128]
+acdc        ``configs/<method>/acdc_effnetlite0-v3p_256x256_2k.yaml`` with ``data.resize=[128,128]
             data.crop_size=[128,128] eval.resize=[128,128] train.batch_size=8`` (dfr also
             ``method.shallow_scale=0.5``) on ACDC's real scribbles
-voc-real    ``configs/<method>/camvid_effnetlite0.yaml`` with ``data.crop_size=[192,192]
-            data.scale_range=[0.5,1.0] train.batch_size=8`` on VOC images with scribbles simulated
-            by ``weakseg data simulate`` (``--voc-root``)
+voc-real    ``configs/<method>/camvid_effnetlite0-v3p_256x256_3k.yaml`` with
+            ``data.crop_size=[192,192] data.scale_range=[0.5,1.0] train.batch_size=8`` on VOC
+            images with scribbles simulated by ``weakseg data simulate`` (``--voc-root``)
 ==========  =================================================================================
+
+A version from before the configs were renamed has the same files as ``acdc_effnetlite0.yaml`` and
+``camvid_effnetlite0.yaml``; each version runs the first name its ``configs`` holds.
 
 Measured: every training log row gets the CPU seconds of the training process and its DataLoader
 workers and the wall time (the trainer's ``MetricsLog.write`` is wrapped in the child); between two
@@ -55,10 +58,11 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: protocol -> (config pattern with {method}, overrides for every method, extra overrides per method)
-PROTOCOLS: dict[str, tuple[str, list[str], dict[str, list[str]]]] = {
+#: protocol -> (config patterns with {method}: the current name, then the name in versions from before
+#: the configs were renamed; overrides for every method; extra overrides per method)
+PROTOCOLS: dict[str, tuple[tuple[str, ...], list[str], dict[str, list[str]]]] = {
     "acdc": (
-        "configs/{method}/acdc_effnetlite0.yaml",
+        ("configs/{method}/acdc_effnetlite0-v3p_256x256_2k.yaml", "configs/{method}/acdc_effnetlite0.yaml"),
         [
             "data.root=../shared/data/acdc-scribble",
             "data.resize=[128,128]",
@@ -70,7 +74,10 @@ PROTOCOLS: dict[str, tuple[str, list[str], dict[str, list[str]]]] = {
         {"dfr": ["method.shallow_scale=0.5"]},
     ),
     "voc-real": (
-        "configs/{method}/camvid_effnetlite0.yaml",
+        (
+            "configs/{method}/camvid_effnetlite0-v3p_256x256_3k.yaml",
+            "configs/{method}/camvid_effnetlite0.yaml",
+        ),
         [
             "data.root=runs/data/voc-real-scribbles",
             "data.crop_size=[192,192]",
@@ -83,10 +90,15 @@ PROTOCOLS: dict[str, tuple[str, list[str], dict[str, list[str]]]] = {
 }
 
 
-def protocol_overrides(protocol: str, method: str, extra: Sequence[str] = ()) -> tuple[str, list[str]]:
-    """(config path relative to a checkout, overrides) of ``method`` on ``protocol``; ``extra`` last."""
-    pattern, common, per_method = PROTOCOLS[protocol]
-    return pattern.format(method=method), [*common, *per_method.get(method, []), *extra]
+def protocol_overrides(
+    protocol: str, method: str, extra: Sequence[str] = (), root: Path = ROOT
+) -> tuple[str, list[str]]:
+    """(config path relative to the checkout at ``root``: the first of the protocol's names that it holds,
+    overrides) of ``method`` on ``protocol``; ``extra`` last."""
+    patterns, common, per_method = PROTOCOLS[protocol]
+    paths = [pattern.format(method=method) for pattern in patterns]
+    config = next((path for path in paths if (root / path).is_file()), paths[0])
+    return config, [*common, *per_method.get(method, []), *extra]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -235,7 +247,11 @@ def compare(args: argparse.Namespace, versions: dict[str, dict[str, Any]], work:
             roots[protocol].resolve(), work / f"view-{protocol}", args.val_images, args.train_images
         )
         for method in args.methods:
-            config, protocol_set = protocol_overrides(protocol, method)
+            configs = {
+                name: protocol_overrides(protocol, method, root=version["root"])[0]
+                for name, version in versions.items()
+            }
+            config, protocol_set = protocol_overrides(protocol, method, root=versions["new"]["root"])
             timing_set = [
                 f"train.steps={args.steps}",
                 f"train.log_every={args.log_every}",
@@ -250,7 +266,7 @@ def compare(args: argparse.Namespace, versions: dict[str, dict[str, Any]], work:
                 figures = {}
                 for name in order:
                     out = work / f"{protocol}-{method}-{name}-{r}"
-                    figures[name] = run_once(versions[name], config, overrides, out, log)
+                    figures[name] = run_once(versions[name], configs[name], overrides, out, log)
                     f = figures[name]
                     print(
                         f"[{protocol} {method} round {r + 1}] {name}: "
@@ -289,6 +305,7 @@ def compare(args: argparse.Namespace, versions: dict[str, dict[str, Any]], work:
                 },
                 "images_timed_per_run": rounds[0]["old"]["images"],
                 "config": config,
+                **({"old_config": configs["old"]} if configs["old"] != config else {}),
                 "protocol_overrides": protocol_set,
                 "run_overrides": [f"data.root=<view of {roots[protocol]}>", *timing_set],
                 "train_images": args.train_images,
@@ -337,7 +354,11 @@ def main() -> None:
         version["src"] = version["root"] / "src"
     print(f"# {versions['old']['name']} vs {versions['new']['name']}; runs and logs in {work}", flush=True)
     results = compare(args, versions, work)
-    command = "OMP_NUM_THREADS=1 nice -n 19 python benchmarks/train_speed_cpu.py " + shlex.join(sys.argv[1:])
+    threads = os.environ.get("OMP_NUM_THREADS")
+    prefix = f"OMP_NUM_THREADS={threads} " if threads is not None else ""
+    if os.nice(0):
+        prefix += f"nice -n {os.nice(0)} "
+    command = prefix + "python benchmarks/train_speed_cpu.py " + shlex.join(sys.argv[1:])
     where = machine()
     for method, per_protocol in results.items():
         worst = min(per_protocol, key=lambda k: per_protocol[k]["ratio"])

@@ -21,7 +21,7 @@ def trained(tmp_path_factory):
     weakseg("data", "synthetic", "syn", "--num-train", "6", "--num-val", "2", "--size", "48", "48", cwd=work)
     weakseg(
         "train",
-        str(ROOT / "configs/pce/synthetic_effnetlite0.yaml"),
+        str(ROOT / "configs/pce/synthetic_effnetlite0-v3p_96x96_300.yaml"),
         "data.root=syn",
         "data.crop_size=[48,48]",
         "data.num_workers=0",
@@ -91,7 +91,7 @@ def test_scribble_variants_and_verify(trained):
 def test_bad_config_key_exits_with_the_key_named(trained):
     proc = weakseg(
         "train",
-        str(ROOT / "configs/pce/synthetic_effnetlite0.yaml"),
+        str(ROOT / "configs/pce/synthetic_effnetlite0-v3p_96x96_300.yaml"),
         "train.bach_size=2",
         cwd=trained,
         ok=False,
@@ -103,7 +103,7 @@ def test_bad_config_key_exits_with_the_key_named(trained):
 def test_missing_data_exits_with_the_file_named(trained):
     proc = weakseg(
         "train",
-        str(ROOT / "configs/pce/synthetic_effnetlite0.yaml"),
+        str(ROOT / "configs/pce/synthetic_effnetlite0-v3p_96x96_300.yaml"),
         "data.root=nowhere",
         cwd=trained,
         ok=False,

@@ -22,7 +22,7 @@ def cams(tmp_path_factory):
     weakseg("data", "synthetic", "syn", "--num-train", "4", "--num-val", "2", "--size", "48", "48", cwd=work)
     weakseg(
         "train",
-        str(ROOT / "configs/pce/synthetic_effnetlite0.yaml"),
+        str(ROOT / "configs/pce/synthetic_effnetlite0-v3p_96x96_300.yaml"),
         "method=cam",
         "data.root=syn",
         "data.crop_size=[48,48]",
@@ -87,7 +87,7 @@ def test_pseudo_labels_make_a_trainable_dataset(cams):
     assert "pseudo" in verify.stdout
     weakseg(
         "train",
-        str(ROOT / "configs/full/synthetic_effnetlite0.yaml"),
+        str(ROOT / "configs/full/synthetic_effnetlite0-v3p_96x96_300.yaml"),
         "data.root=pl",
         "data.val_split=train",
         "method.label=pseudo",

@@ -21,7 +21,7 @@ from weakseg.data.synthetic import make_synthetic_dataset
 from weakseg.engine.checkpoint import save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = str(ROOT / "configs/pce/synthetic_effnetlite0.yaml")
+CONFIG = str(ROOT / "configs/pce/synthetic_effnetlite0-v3p_96x96_300.yaml")
 SMALL = [
     "data.crop_size=[32,32]",
     "data.num_workers=0",

@@ -1,8 +1,17 @@
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
-from weakseg.config import ConfigError, config_from_dict, config_to_dict, load_config, to_yaml
+from weakseg.config import (
+    ConfigError,
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    to_yaml,
+)
+from weakseg.methods import get_method_class, model_kind
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,6 +99,57 @@ def test_shipped_configs_parse(path):
     assert cfg.method["name"] == path.parent.name
 
 
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_shipped_configs_build_on_a_base(path):
+    """Each experiment states only what differs from a family file in configs/_base_."""
+    bases = OmegaConf.to_container(OmegaConf.load(path)).get("_base_")
+    bases = [bases] if isinstance(bases, str) else bases
+    assert bases, f"{path} has no _base_"
+    for base in bases:
+        assert (path.parent / base).resolve().parent == ROOT / "configs" / "_base_", base
+
+
+# the short names of configs/README.md
+BACKBONE_TOKENS = {
+    "efficientnet_lite0": "effnetlite0",
+    "resnet50": "r50",
+    "resnet50.tv_in1k": "r50",
+    "resnet101": "r101",
+    "resnet101.tv_in1k": "r101",
+    "swin_base_patch4_window12": "swinb",
+    "vit_base_patch16": "vitb16",
+}
+HEAD_TOKENS = {
+    "deeplabv3plus": "v3p",
+    "deeplabv2": "v2",
+    "deeplabv2_aspp_bn": "v2asppbn",
+    "deeplabv2_cdsp": "v2cdsp",
+    "upernet": "upernet",
+}
+
+
+def _steps_token(steps: int) -> str:
+    if steps >= 10000:
+        return f"{round(steps / 1000)}k"
+    return f"{steps // 1000}k" if steps % 1000 == 0 else str(steps)
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_shipped_config_names_say_what_they_are(path):
+    """configs/<method>/<dataset>_<backbone>-<head>_<H>x<W>_<steps>.yaml, read from the resolved config."""
+    cfg = load_config(path)
+    dataset, model, crop, steps = path.stem.split("_")
+    if cfg.data.format == "folder":
+        assert dataset in cfg.data.root.replace("-", ""), (dataset, cfg.data.root)
+    else:
+        assert dataset == cfg.data.format
+    classifier = model_kind(get_method_class(cfg.method["name"])) == "classifier"  # no use of model.head
+    head = "cls" if classifier else HEAD_TOKENS[cfg.model.head]
+    assert model == f"{BACKBONE_TOKENS[cfg.model.backbone]}-{head}"
+    assert crop == "{}x{}".format(*cfg.data.crop_size)
+    assert steps == _steps_token(cfg.train.steps)
+
+
 def test_base_files_are_merged_under_the_experiment(tmp_path):
     (tmp_path / "_base_").mkdir()
     (tmp_path / "_base_" / "data.yaml").write_text(
@@ -125,7 +185,17 @@ def test_base_errors_name_the_file(tmp_path):
 
 def test_shipped_configs_with_bases_resolve_as_before_they_had_them():
     """The ACDC configs state only what differs from their base; what they resolve to is the full protocol."""
-    cfg = load_config(ROOT / "configs" / "rloss" / "acdc_effnetlite0.yaml")
+    cfg = load_config(ROOT / "configs" / "rloss" / "acdc_effnetlite0-v3p_256x256_2k.yaml")
     assert cfg.name == "acdc_rloss_effnetlite0" and cfg.method["sigma_rgb"] == 26.0
     assert cfg.data.root == "../shared/data/acdc-scribble" and cfg.eval.volume_dice is True
     assert cfg.model.head_channels == 64 and cfg.optim.name == "adamw" and cfg.train.steps == 2000
+
+
+def test_overrides_apply_to_a_restored_config(tmp_path):
+    cfg = load_config(write(tmp_path, "name: a\nmethod:\n  name: full\n"))
+    assert apply_overrides(cfg, []) is cfg
+    changed = apply_overrides(cfg, ["train.batch_size=3", "method.dice_weight=0.25"])
+    assert changed.train.batch_size == 3 and changed.method["dice_weight"] == 0.25
+    assert cfg.train.batch_size != 3  # the original is left as it was
+    with pytest.raises(ConfigError, match="expected key=value"):
+        apply_overrides(cfg, ["train.batch_size"])

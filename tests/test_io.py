@@ -15,6 +15,7 @@ from weakseg.io import (
     atomic_torch_save,
     atomic_write,
     atomic_write_json,
+    path_as_written_in,
     read_image_rgb,
     read_label,
 )
@@ -137,3 +138,10 @@ def test_a_full_disk_is_reported_with_the_file(tmp_path, monkeypatch):
         with pytest.raises(DiskFullError, match=r"metrics\.jsonl"):
             append_text(log, "x" * 100_000)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_paths_written_in_a_folder_are_relative_below_a_shared_folder(tmp_path):
+    target = tmp_path / "source" / "images" / "{id}.png"
+    assert path_as_written_in(target, tmp_path / "derived") == "../source/images/{id}.png"
+    assert path_as_written_in(target, tmp_path / "source") == "images/{id}.png"
+    assert path_as_written_in(Path("/data/x.png"), Path("/runs/out")) == "/data/x.png"  # only / is shared

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-from weakseg.config import ConfigError
+from weakseg.config import ConfigError, apply_overrides
 from weakseg.io import DataError, UserError, WeaksegWarning, disk_full_error, is_disk_full
 
 # What exits with status 2 and a one-line message (anything else is a bug: traceback, status 1).
@@ -75,12 +75,6 @@ def _inference_overrides(args: argparse.Namespace) -> list[str]:
     return out
 
 
-def _device(name: str | None) -> str:
-    import torch
-
-    return name or ("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def _output_folder(path: str | Path, option: str = "--out") -> Path:
     """``path`` as an output folder: an existing file there is a one-line error, not a traceback."""
     path = Path(path)
@@ -135,6 +129,7 @@ def _print_summary(metrics: dict, run_dir: Path) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from weakseg.builders import build_dataset
     from weakseg.engine.checkpoint import check_classes
+    from weakseg.engine.distributed import default_device
     from weakseg.engine.evaluation import evaluate, write_evaluation_report
     from weakseg.engine.inference import inference_options
     from weakseg.engine.trainer import load_trained_model
@@ -142,9 +137,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     if args.out:
         _output_folder(args.out)  # before the (slow) model load
-    device = _device(args.device)
+    device = default_device(args.device)
     model, cfg, meta = load_trained_model(args.checkpoint, device)
-    cfg = _with_overrides(cfg, _inference_overrides(args) + list(args.overrides))
+    cfg = apply_overrides(cfg, _inference_overrides(args) + list(args.overrides))
     split = args.split or cfg.data.val_split
     dataset = build_dataset(cfg, split, train=False, requires=("mask",))
     check_classes(meta.get("classes"), dataset, args.checkpoint)
@@ -163,22 +158,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     write_evaluation_report(metrics, out, list(dataset.classes))
     _print_summary(metrics, out)
     return 0
-
-
-def _with_overrides(cfg, overrides: list[str]):
-    """Apply dotted overrides to a config restored from a checkpoint."""
-    from omegaconf import OmegaConf
-
-    from weakseg.config import config_from_dict, config_to_dict
-
-    if not overrides:
-        return cfg
-    base = OmegaConf.create(config_to_dict(cfg))
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override '{item}': expected key=value")
-    merged = OmegaConf.merge(base, OmegaConf.from_dotlist(overrides))
-    return config_from_dict(OmegaConf.to_container(merged))
 
 
 # ---------------------------------------------------------------------------------------------- predict
@@ -203,15 +182,16 @@ def _collect_images(inputs: Sequence[str]) -> list[Path]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from weakseg.engine.distributed import default_device
     from weakseg.engine.predict import predict_files
     from weakseg.engine.trainer import load_trained_model
     from weakseg.io import clean_stale_temp_files
 
     out = _output_folder(args.out)
     files = _collect_images(args.inputs)
-    device = _device(args.device)
+    device = default_device(args.device)
     model, cfg, meta = load_trained_model(args.checkpoint, device)
-    cfg = _with_overrides(cfg, _inference_overrides(args))
+    cfg = apply_overrides(cfg, _inference_overrides(args))
     clean_stale_temp_files(out, recursive=True)
     written = predict_files(
         model,
@@ -297,7 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train from a YAML config; KEY=VALUE overrides use dotted keys "
         "(e.g. train.batch_size=8 data.root=/data/VOC2012). Works unchanged under torchrun.",
     )
-    p.add_argument("config", help="experiment YAML, e.g. configs/pce/synthetic_effnetlite0.yaml")
+    p.add_argument(
+        "config", help="experiment YAML, e.g. configs/pce/synthetic_effnetlite0-v3p_96x96_300.yaml"
+    )
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
     p.add_argument(
         "--resume",

@@ -1,16 +1,16 @@
 """``weakseg cam``, ``weakseg cam evaluate`` and ``weakseg pseudo-labels``: the CAM side of
-image-level methods (see :mod:`weakseg.cam`)."""
+image-level methods. The commands parse their arguments and call :mod:`weakseg.tools` (CAM folders,
+seed reports, pseudo-label datasets), which builds on the tensor operations of :mod:`weakseg.cam`."""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from weakseg.io import DataError
 
-__all__ = ["add_cam_parsers", "make_cams"]
+__all__ = ["add_cam_parsers"]
 
 
 class _DefaultSubcommand(argparse._SubParsersAction):
@@ -37,9 +37,9 @@ class _DefaultSubcommand(argparse._SubParsersAction):
 
 
 def _device(name: str | None) -> str:
-    import torch
+    from weakseg.engine.distributed import default_device
 
-    return name or ("cuda" if torch.cuda.is_available() else "cpu")
+    return default_device(name)
 
 
 def _parse_weights(items: list[str] | None) -> dict[str, float] | None:
@@ -58,140 +58,22 @@ def _parse_weights(items: list[str] | None) -> dict[str, float] | None:
     return out
 
 
-def _open_dataset(root: str, split: str, fmt: str, load_masks: bool = True) -> Any:
-    """A dataset without transforms (raw images and masks)."""
-    from weakseg.data.formats import create_dataset
-
-    return create_dataset(
-        fmt, root, split, load_masks=load_masks, scribbles="off", pseudo=False, tags_source="none"
-    )
-
-
 def _rule_of(args: argparse.Namespace, meta: dict[str, Any]) -> str:
     """``--rule``, else the CAM folder's default (``weakseg cam --rule``), else "irn"."""
     return args.rule or meta.get("rule") or "irn"
 
 
-def _dataset_of(args: argparse.Namespace, meta: dict[str, Any], load_masks: bool = True) -> Any:
+def _dataset_of(args: argparse.Namespace, meta: dict[str, Any]) -> Any:
     """The dataset named by ``--data/--format/--split``, defaulting to the CAM folder's."""
-    data = meta.get("data") or {}
-    root = args.data or data.get("root")
-    if not root:
-        raise DataError("no dataset given: pass --data ROOT (the CAM folder does not name one)")
-    split = args.split or data.get("split") or "train"
-    fmt = args.format or data.get("format") or "folder"
-    return _open_dataset(root, split, fmt, load_masks=load_masks)
+    from weakseg.tools.cam_store import open_cam_dataset
+
+    return open_cam_dataset(meta, root=args.data, split=args.split, fmt=args.format)
 
 
 # ---------------------------------------------------------------------------------------------- cam
-def _method_maps(checkpoint: str, cfg: Any, dataset: Any, device: str) -> Any:
-    """The trained method's ``class_maps(outputs, tags)`` hook (its state restored from the
-    checkpoint), or None when the method has none (then the network's ``"cam"`` outputs are used)."""
-    from weakseg.builders import build_method_for
-    from weakseg.engine.checkpoint import load_checkpoint
-
-    method = build_method_for(cfg, dataset)
-    if not hasattr(method, "class_maps"):
-        return None
-    state = load_checkpoint(checkpoint, map_location="cpu").get("method") or {}
-    method.load_state_dict(state, strict=False)
-    method.to(device).eval()
-    return method.class_maps
-
-
-def make_cams(
-    checkpoint: str | Path,
-    out: str | Path,
-    *,
-    split: str | None = None,
-    data_root: str | None = None,
-    overrides: Sequence[str] = (),
-    scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0),
-    flip: bool = True,
-    keys: Sequence[str] | None = None,
-    batch_size: int = 4,
-    num_workers: int | None = None,
-    amp: str = "none",
-    overwrite: bool = False,
-    device: str | None = None,
-    progress: bool = True,
-    rule: str = "irn",
-) -> tuple[Path, Any]:
-    """``weakseg cam`` as a function: the CAMs of a split of the checkpoint's dataset (``data_root``
-    and dotted ``overrides`` change its config) in ``out``. Returns ``(out, dataset)``.
-
-    Maps with a background channel of their own (SFC's ``M_W``, ``M_P``) are stored with it. ``rule``
-    ("irn" or "sfc") becomes the folder's default rule for ``cam evaluate`` and ``pseudo-labels``;
-    "sfc" needs those own backgrounds (an ``sfc`` checkpoint) on a dataset with a background class.
-    """
-    import torch
-
-    from weakseg.builders import build_dataset
-    from weakseg.cam.inference import infer_cams
-    from weakseg.cam.seeds import RULES
-    from weakseg.cli import _with_overrides
-    from weakseg.engine.trainer import load_trained_model
-
-    if rule not in RULES:
-        raise DataError(f"unknown rule {rule!r}; expected one of {', '.join(RULES)}")
-    device = _device(device)
-    model, cfg, meta = load_trained_model(checkpoint, device)
-    overrides = list(overrides)
-    if data_root:
-        overrides.append(f"data.root={data_root}")
-    cfg = _with_overrides(cfg, overrides)
-    split = split or cfg.data.train_split
-    dataset = build_dataset(cfg, split, train=False, requires=("tags",))
-    if list(dataset.classes) != list(meta["classes"]):
-        raise DataError(
-            f"the checkpoint was trained on classes {meta['classes']}, {cfg.data.root} has {dataset.classes}"
-        )
-    method_spec = dict(cfg.method)
-    cam_weights = method_spec.get("cam_weights")
-    infer_cams(
-        model,
-        dataset,
-        out,
-        num_classes=dataset.num_classes,
-        background=dataset.background,
-        scales=scales,
-        flip=flip,
-        keys=keys,
-        maps_fn=_method_maps(str(checkpoint), cfg, dataset, device),
-        batch_size=batch_size,
-        num_workers=num_workers if num_workers is not None else cfg.data.num_workers,
-        autocast_dtype=torch.bfloat16 if amp == "bf16" else None,
-        overwrite=overwrite,
-        progress=progress,
-        meta={
-            "classes": list(dataset.classes),
-            "background": dataset.background,
-            "weights": dict(cam_weights) if cam_weights else None,
-            "rule": rule,
-            "checkpoint": str(Path(checkpoint).resolve()),
-            "method": method_spec.get("name"),
-            "step": meta.get("step"),
-            "data": {
-                "format": cfg.data.format,
-                "root": str(Path(cfg.data.root).resolve()),
-                "split": split,
-                "tags": cfg.data.tags,
-            },
-        },
-    )
-    if rule == "sfc" and dataset.background is not None:
-        from weakseg.cam.store import load_cam_meta
-
-        if not load_cam_meta(out).get("backgrounds"):
-            raise DataError(
-                f"rule 'sfc' needs maps with their own background channel (SFC's M_W, M_P), but the "
-                f"'{method_spec.get('name')}' checkpoint gives none; its CAMs in {out} can be scored with "
-                "rule 'irn'"
-            )
-    return Path(out), dataset
-
-
 def cmd_cam(args: argparse.Namespace) -> int:
+    from weakseg.tools.cam_folder import make_cams
+
     out, dataset = make_cams(
         args.checkpoint,
         args.out,
@@ -214,8 +96,8 @@ def cmd_cam(args: argparse.Namespace) -> int:
 
 
 def cmd_cam_evaluate(args: argparse.Namespace) -> int:
-    from weakseg.cam.seeds import evaluate_seeds, write_seed_report
-    from weakseg.cam.store import load_cam_meta
+    from weakseg.tools.cam_store import load_cam_meta
+    from weakseg.tools.seed_report import evaluate_seeds, write_seed_report
 
     meta = load_cam_meta(args.cam_dir)
     dataset = _dataset_of(args, meta)
@@ -246,9 +128,10 @@ def cmd_cam_evaluate(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------- pseudo-labels
 def cmd_pseudo_labels(args: argparse.Namespace) -> int:
-    from weakseg.cam.pseudo_labels import PseudoLabelParams, make_pseudo_labels
-    from weakseg.cam.store import load_cam_meta
+    from weakseg.cam.pseudo_labels import PseudoLabelParams
     from weakseg.postprocess.crf import CRFParams
+    from weakseg.tools.cam_store import load_cam_meta
+    from weakseg.tools.pseudo_dataset import make_pseudo_labels
 
     meta = load_cam_meta(args.cam_dir)
     dataset = _dataset_of(args, meta)

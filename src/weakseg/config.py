@@ -1,6 +1,7 @@
 """Experiment configuration: a typed schema, YAML files and dotted command-line overrides.
 
-One YAML file describes one experiment (``configs/<method>/<dataset>_<backbone>.yaml``). It is merged
+One YAML file describes one experiment (``configs/<method>/<dataset>_<backbone>-<head>_<crop>_<steps>.yaml``,
+see ``configs/README.md``), built on a family file in ``configs/_base_/``. It is merged
 onto the dataclass schema below, so a key that does not exist or a value of the wrong type stops with
 an error naming the key. Overrides use dotted keys: ``train.batch_size=8 data.root=/data/VOC2012``.
 
@@ -333,3 +334,15 @@ def config_from_dict(data: dict) -> Config:
 
 def config_to_dict(cfg: Config) -> dict:
     return OmegaConf.to_container(OmegaConf.structured(cfg))  # type: ignore[return-value]
+
+
+def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Config:
+    """``cfg`` (e.g. restored from a checkpoint) with dotted ``key=value`` overrides applied, validated
+    like a file; ``cfg`` itself when there are none."""
+    if not overrides:
+        return cfg
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}': expected key=value")
+    merged = OmegaConf.merge(OmegaConf.create(config_to_dict(cfg)), OmegaConf.from_dotlist(list(overrides)))
+    return config_from_dict(OmegaConf.to_container(merged))  # type: ignore[arg-type]

@@ -134,6 +134,16 @@ def safe_join(folder: str | os.PathLike, relative: str | os.PathLike) -> Path:
     return target
 
 
+def path_as_written_in(target: str | os.PathLike, folder: str | os.PathLike) -> str:
+    """How a file in ``folder`` (e.g. its ``dataset.json``) points at the absolute path ``target`` (which may
+    hold an ``{id}`` pattern): relative to ``folder`` when the two share a folder below the filesystem
+    root, else absolute; POSIX separators either way."""
+    target, folder = Path(target), Path(folder)
+    if os.path.commonpath([target, folder]) == target.anchor:
+        return target.as_posix()
+    return Path(os.path.relpath(target, folder)).as_posix()
+
+
 def clean_stale_temp_files(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
     """Remove the temporary files of atomic writes that were interrupted (the writing process is
     gone, or the file is over a day old) from ``folder`` (and its sub-folders with ``recursive``).
@@ -230,6 +240,18 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [json_safe(v) for v in value]
     return value
+
+
+def read_json(path: str | os.PathLike, missing: str) -> Any:
+    """The JSON content of ``path``; :class:`DataError` saying ``missing`` when there is no such file, and
+    naming the file when it cannot be read or parsed."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(missing)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(f"cannot parse {path}: {err}") from err
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:

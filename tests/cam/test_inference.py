@@ -10,16 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from weakseg.cam.inference import (
-    find_cam_keys,
-    foreground_classes,
-    infer_cams,
-    multiscale_cams,
-    normalise_cams,
-    present_foreground,
-)
-from weakseg.cam.store import cam_file, load_cam_meta, load_cams, save_cams
+from weakseg.cam.inference import find_cam_keys, multiscale_cams, present_foreground
 from weakseg.io import DataError
+from weakseg.tools.cam_folder import infer_cams
+from weakseg.tools.cam_store import cam_file, load_cam_meta, load_cams, save_cams
 
 
 class ColumnRamp(nn.Module):
@@ -92,17 +86,7 @@ def test_multiscale_flip_sum_matches_reference_and_shapes():
     assert list(one) == ["cam"]
 
 
-def test_normalise_divides_each_channel_by_its_max():
-    cams = torch.tensor([[[[0.0, 2.0], [1.0, 4.0]], [[0.5, 0.25], [0.0, 0.0]]]])
-    out = normalise_cams(cams, eps=0.0)
-    assert torch.allclose(out, torch.tensor([[[[0.0, 0.5], [0.25, 1.0]], [[1.0, 0.5], [0.0, 0.0]]]]))
-    zero = normalise_cams(torch.zeros(1, 1, 2, 2))  # an all-zero channel stays zero (eps)
-    assert torch.equal(zero, torch.zeros(1, 1, 2, 2))
-
-
-def test_foreground_classes_and_tags():
-    assert foreground_classes(4, 0) == [1, 2, 3]
-    assert foreground_classes(3, None) == [0, 1, 2]
+def test_present_foreground_tags():
     assert present_foreground(torch.tensor([1.0, 0.0, 1.0, 1.0]), 4, 0).tolist() == [2, 3]
     assert present_foreground(np.array([1.0, 0.0, 1.0]), 3, None).tolist() == [0, 2]
     with pytest.raises(ValueError, match="one per class"):

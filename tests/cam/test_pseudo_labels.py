@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from weakseg.cam.pseudo_labels import PseudoLabelParams, ir_labels, make_pseudo_labels
-from weakseg.cam.store import cam_file, save_cams, write_cam_meta
+from weakseg.cam.pseudo_labels import PseudoLabelParams, ir_labels
 from weakseg.data import FolderDataset, VOCDataset, write_dataset_json, write_split
 from weakseg.io import atomic_save_image, atomic_save_label_png, read_label
+from weakseg.tools.cam_store import cam_file, save_cams, write_cam_meta
+from weakseg.tools.pseudo_dataset import make_pseudo_labels
 
 NO_CRF = PseudoLabelParams(crf="none")
 # One row: classes a (1) and b (2) of a dataset with background 0.

@@ -8,20 +8,20 @@ import numpy as np
 import pytest
 import torch
 
+from weakseg.cam.inference import CamRecord
 from weakseg.cam.seeds import (
     SeedSweep,
     choose_weights,
     combine_cams,
-    evaluate_seeds,
     resolve_weights,
     seed_labels,
     sfc_scores,
-    write_seed_report,
 )
-from weakseg.cam.store import CamRecord, cam_file, save_cams, write_cam_meta
 from weakseg.data import FolderDataset, write_dataset_json, write_split
 from weakseg.io import DataError, atomic_save_image, atomic_save_label_png
 from weakseg.metrics import ConfusionMatrix
+from weakseg.tools.cam_store import cam_file, save_cams, write_cam_meta
+from weakseg.tools.seed_report import evaluate_seeds, write_seed_report
 
 # One row of six pixels; classes 0 = background, 1 = a, 2 = b; the image is tagged a and b.
 CAMS = torch.tensor([[[0.9, 0.6, 0.2, 0.1, 0.0, 0.0]], [[0.0, 0.1, 0.3, 0.7, 0.4, 0.05]]])

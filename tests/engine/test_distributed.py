@@ -25,7 +25,7 @@ def test_torchrun_two_processes(tmp_path):
     cmd = [
         str(torchrun if torchrun.exists() else "torchrun"), "--standalone", "--nproc-per-node", "2",
         "-m", "weakseg", "train", "--device", "cpu", "--quiet", "--out", str(tmp_path / "run"),
-        str(Path(__file__).resolve().parents[2] / "configs/pce/synthetic_effnetlite0.yaml"),
+        str(Path(__file__).resolve().parents[2] / "configs/pce/synthetic_effnetlite0-v3p_96x96_300.yaml"),
         f"data.root={tmp_path / 'syn'}", "data.crop_size=[48,48]", "data.num_workers=0",
         "model.head=deeplabv2", "model.head_channels=null", "model.pretrained=null",
         "train.batch_size=2", "train.steps=3",

@@ -27,7 +27,7 @@ from weakseg.engine.robustness import (
 from weakseg.io import DataError, atomic_save_label_png, read_label
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-CONFIG = str(Path(__file__).resolve().parents[2] / "configs/pce/synthetic_effnetlite0.yaml")
+CONFIG = str(Path(__file__).resolve().parents[2] / "configs/pce/synthetic_effnetlite0-v3p_96x96_300.yaml")
 
 
 def _row(kind: str, ratio: float, miou: float | None, dice: float | None = None) -> dict:

@@ -154,8 +154,8 @@ def test_lattice_backend_value_and_gradient_within_the_stated_tolerance(seed: in
 
 def test_lattice_backend_is_the_potts_energy_of_the_lattice_filter() -> None:
     """E = Σ_k S_kᵀ L (1 - S_k) with L the lattice filter, and autograd's gradient through L's adjoint."""
-    from weakseg.losses.pairwise_kernel import kernel_features_rgbxy
     from weakseg.ops import PermutohedralLattice
+    from weakseg.ops.pairwise_kernel import kernel_features_rgbxy
 
     logits, image = _natural_batch(2, h=48, w=64)
     value, grad = _value_and_grad(logits, image, scale=1.0, backend="lattice")

@@ -11,16 +11,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from weakseg.cam.inference import normalise_cams
-from weakseg.cam.pseudo_labels import PseudoLabelParams, ir_labels, make_pseudo_labels
-from weakseg.cam.store import cam_file, save_cams, write_cam_meta
+from weakseg.cam.pseudo_labels import PseudoLabelParams, ir_labels
 from weakseg.config import load_config
 from weakseg.data import FolderDataset, write_dataset_json, write_split
 from weakseg.io import atomic_save_image, atomic_save_label_png, read_label
 from weakseg.methods import build_method
 from weakseg.methods.aal import AAL
 from weakseg.models.single_stage import SingleStageNetwork, create_single_stage
+from weakseg.ops.class_maps import max_normalize
 from weakseg.postprocess.crf import CRFParams
+from weakseg.tools.cam_store import cam_file, save_cams, write_cam_meta
+from weakseg.tools.pseudo_dataset import make_pseudo_labels
 
 IGNORE = 255
 
@@ -172,7 +173,7 @@ def _offline_inputs(cam: torch.Tensor, tags: torch.Tensor, size: tuple[int, int]
     the tagged foreground channels and their class indices."""
     k = tags.shape[1]
     fg = [c for c in range(k) if c != background]
-    maps = normalise_cams(F.interpolate(cam.relu(), size=size, mode="bilinear", align_corners=False))
+    maps = max_normalize(F.interpolate(cam.relu(), size=size, mode="bilinear", align_corners=False))
     cams, keys = [], []
     for b in range(cam.shape[0]):
         present = [i for i, c in enumerate(fg) if tags[b, c] > 0.5]
@@ -299,9 +300,9 @@ def test_the_step_never_synchronises_with_the_host(net, monkeypatch):
 
 @pytest.mark.slow
 def test_training_a_few_steps_through_the_engine(tmp_path):
-    from weakseg.cli_cam import make_cams
     from weakseg.data.synthetic import make_synthetic_dataset
     from weakseg.engine.trainer import load_trained_model, train
+    from weakseg.tools.cam_folder import make_cams
 
     data = make_synthetic_dataset(tmp_path / "syn", num_train=6, num_val=2, size=(48, 48), seed=1)
     cfg = load_config(

@@ -446,10 +446,11 @@ def test_three_training_steps_on_synthetic_data(
 @pytest.mark.slow
 def test_sfc_checkpoint_through_cams_seeds_and_pseudo_labels(tiny_data: Path, tmp_path: Path) -> None:
     """The Python API of `weakseg cam --rule sfc`, `cam evaluate` (both rules), `pseudo-labels --rule sfc`."""
-    from weakseg.cam.pseudo_labels import PseudoLabelParams, make_pseudo_labels
-    from weakseg.cam.seeds import evaluate_seeds
-    from weakseg.cam.store import load_cam_meta, load_cams
-    from weakseg.cli_cam import make_cams
+    from weakseg.cam.pseudo_labels import PseudoLabelParams
+    from weakseg.tools.cam_folder import make_cams
+    from weakseg.tools.cam_store import load_cam_meta, load_cams
+    from weakseg.tools.pseudo_dataset import make_pseudo_labels
+    from weakseg.tools.seed_report import evaluate_seeds
 
     cfg = _config(
         "sfc", tiny_data, tmp_path / "run", ("method.side_channels=[8,8,16,16]", "optim.grad_clip=1.0")

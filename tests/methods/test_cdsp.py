@@ -119,7 +119,7 @@ def test_trains_end_to_end_with_maps_from_the_dataset(tmp_path: Path) -> None:
     data = tmp_path / "syn"
     make_synthetic_dataset(data, num_train=6, num_val=2, size=(48, 48), seed=2)
     cfg = load_config(
-        Path(__file__).resolve().parents[2] / "configs" / "cdsp" / "synthetic_effnetlite0.yaml",
+        Path(__file__).resolve().parents[2] / "configs" / "cdsp" / "synthetic_effnetlite0-v3p_96x96_600.yaml",
         [
             f"data.root={data}",
             f"data.pseudo_dir={data / 'masks'}",  # stand-in pseudo-labels

@@ -12,7 +12,7 @@ from torch import nn
 
 import weakseg.methods.dfr as dfr_module
 from weakseg.config import ConfigError, load_config
-from weakseg.losses.dfr import unit_features_on_grid
+from weakseg.losses.normalized_potts import unit_features_on_grid
 from weakseg.methods import build_method
 from weakseg.methods.dfr import DFR, DFRParams
 from weakseg.models import create_segmentor
@@ -111,18 +111,21 @@ def test_registered_with_documented_defaults():
         assert f"{field}:" in DFRParams.__doc__, f"{field} is not documented"
 
 
+SYNTHETIC = "synthetic_effnetlite0-v3p_96x96_600.yaml"  # dfr's config for the synthetic shapes
+
+
 def test_shipped_configs_and_ladder_overrides():
     root = Path(__file__).resolve().parents[2] / "configs" / "dfr"
     names = sorted(p.name for p in root.glob("*.yaml"))
     assert names == [
-        "acdc_effnetlite0.yaml",
-        "camvid_effnetlite0.yaml",
-        "synthetic_effnetlite0.yaml",
-        "voc_r101_v3p.yaml",
-        "voc_swinb_upernet.yaml",
-        "voc_vitb16_upernet.yaml",
+        "acdc_effnetlite0-v3p_256x256_2k.yaml",
+        "camvid_effnetlite0-v3p_256x256_3k.yaml",
+        "synthetic_effnetlite0-v3p_96x96_600.yaml",
+        "voc_r101-v3p_465x465_33k.yaml",
+        "voc_swinb-upernet_512x512_40k.yaml",
+        "voc_vitb16-upernet_512x512_40k.yaml",
     ]
-    cfg = load_config(root / "voc_swinb_upernet.yaml")
+    cfg = load_config(root / "voc_swinb-upernet_512x512_40k.yaml")
     assert (cfg.model.backbone, cfg.model.head, cfg.model.output_stride) == (
         "swin_base_patch4_window12",
         "upernet",
@@ -135,9 +138,9 @@ def test_shipped_configs_and_ladder_overrides():
         [],
     ]
     for overrides in ladder:
-        build_method(load_config(root / "synthetic_effnetlite0.yaml", overrides).method, num_classes=K)
+        build_method(load_config(root / SYNTHETIC, overrides).method, num_classes=K)
     with pytest.raises(ConfigError, match="method.kernel"):
-        load_config(root / "synthetic_effnetlite0.yaml", ["method.kernel=sum"])
+        load_config(root / SYNTHETIC, ["method.kernel=sum"])
 
 
 @pytest.mark.parametrize(
@@ -362,7 +365,7 @@ def test_three_training_steps_end_to_end(tmp_path):
     make_synthetic_dataset(tmp_path / "syn", num_train=6, num_val=2, size=(48, 48), seed=1)
     root = Path(__file__).resolve().parents[2]
     cfg = load_config(
-        root / "configs" / "dfr" / "synthetic_effnetlite0.yaml",
+        root / "configs" / "dfr" / SYNTHETIC,
         [
             f"data.root={tmp_path / 'syn'}",
             f"out_dir={tmp_path / 'run'}",
@@ -394,7 +397,7 @@ def test_dfr_pull_matches_rloss_published_balance() -> None:
     import numpy as np
     from PIL import Image
 
-    from weakseg.losses.dfr import dfr_regularized_loss
+    from weakseg.losses.normalized_potts import dfr_regularized_loss
 
     root = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "voc-samples" / "VOC2012"
     if not root.is_dir():

@@ -12,8 +12,6 @@ from weakseg.models.classifier import (
     CAMClassifier,
     cam_seed_logits,
     create_cam_classifier,
-    foreground_indices,
-    insert_background,
     remove_dilation,
 )
 
@@ -66,15 +64,6 @@ def test_cam_seed_logits_with_tags_and_background_layouts() -> None:
     assert cam_seed_logits(cam, num_classes=2, background=None).shape == (1, 2, 1, 2)
     with pytest.raises(ValueError, match="foreground maps"):
         cam_seed_logits(cam, num_classes=4, background=0)
-
-
-def test_helpers() -> None:
-    assert foreground_indices(4, 0) == [1, 2, 3]
-    assert foreground_indices(3, 1) == [0, 2]
-    assert foreground_indices(2, None) == [0, 1]
-    fg = torch.arange(4.0).view(1, 2, 1, 2)
-    bg = torch.full((1, 1, 1, 2), 9.0)
-    assert insert_background(fg, bg, 1)[0, :, 0, 0].tolist() == [0.0, 9.0, 2.0]
 
 
 def test_dataset_without_background_gets_a_channel_per_class() -> None:

@@ -15,8 +15,8 @@ from weakseg.models.heads import (
     ImagePooling,
     available_heads,
     create_head,
-    make_norm,
 )
+from weakseg.models.layers import make_norm
 
 CHANNELS = [8, 16, 24, 32]
 STRIDES = [4, 8, 16, 16]

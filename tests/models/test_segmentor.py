@@ -15,7 +15,6 @@ from weakseg.models import (
     create_backbone,
     create_head,
     create_segmentor,
-    upsample_logits,
 )
 
 SIZE = 64
@@ -158,13 +157,3 @@ def test_create_segmentor_forwards_options():
     assert model.head.aspp.project[1].__class__.__name__ == "GroupNorm"
     with pytest.raises(ValueError, match="unknown head"):
         create_segmentor("resnet50", "unet")
-
-
-def test_upsample_logits():
-    logits = torch.arange(4.0).view(1, 1, 2, 2)
-    assert upsample_logits(logits, (2, 2)) is logits
-    up = upsample_logits(logits, torch.Size([4, 6]))
-    assert up.shape == (1, 1, 4, 6)
-    # align_corners=False: the corner output pixel is the corner input value
-    torch.testing.assert_close(up[0, 0, 0, 0], torch.tensor(0.0))
-    torch.testing.assert_close(up.mean(), logits.mean())

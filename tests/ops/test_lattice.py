@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 import weakseg.ops.lattice as lattice_module
-from weakseg.losses.pairwise_kernel import kernel_features_rgbxy, naive_gaussian_affinity_apply
 from weakseg.ops import PermutohedralLattice, choose_backend, lattice_gaussian_filter, resolve_backend
+from weakseg.ops.pairwise_kernel import kernel_features_rgbxy, naive_gaussian_affinity_apply
 
 
 def _scene(seed: int, h: int = 24, w: int = 32) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,14 +1,15 @@
-"""Multi-scale + flip class activation maps, batched, written as compact per-image files.
+"""Multi-scale + flip class activation maps of a network, on tensors (written to files by
+:mod:`weakseg.tools.cam_folder`).
 
 Works for every image-level network. The maps of one forward pass come from a *maps function*
 ``maps_fn(outputs, tags) -> {name: [B, C or K, h, w]}``: by default (:func:`output_maps`) the
 network's ``"cam"`` (raw class maps over the foreground classes, dataset class order, background
-left out) and any other 4-D ``"cam_*"`` output; the CLI passes the training method's
+left out) and any other 4-D ``"cam_*"`` output; ``weakseg cam`` passes the training method's
 ``class_maps`` hook instead when it has one (``cam``: ``{"cam"}``; ``sfc``: ``{"cam", "M_W",
 "M_P"}``, the raw classifier CAM, the PCM-refined classifier CAM and the prototype CAM, which needs
 the image's tags). Maps over all K classes have a background channel of their own (SFC's
 ``M_W`` = ``1 - max_c M_c`` refined by the PCM, ``M_P`` = similarity to the background prototype): it
-goes through the same steps and is kept under ``"<name>@background"`` (:data:`~weakseg.cam.store.BG_SUFFIX`).
+goes through the same steps and is kept under ``"<name>@background"`` (:data:`BG_SUFFIX`).
 
 For each image and map (SFC §4 "CAM inference", as the SFC / IRN code computes it):
 
@@ -17,8 +18,12 @@ For each image and map (SFC §4 "CAM inference", as the SFC / IRN code computes 
 2. ReLU at the network's resolution (the reference networks return ReLU'd maps); the mirrored
    map is flipped back and added;
 3. each scale's map is upsampled bilinearly to the image size (H, W) and the scales are summed;
-4. every channel is divided by its spatial maximum (+1e-5), so maps lie in [0, 1];
+4. every channel is divided by its spatial maximum (+1e-5), so maps lie in [0, 1]
+   (:func:`~weakseg.ops.class_maps.max_normalize`);
 5. only the channels of the image's foreground tags are kept (and the own background, if any).
+
+Steps 1-3 are :func:`multiscale_cams` (a batch), steps 4-5 :func:`tagged_cams` (one image of it); a
+:class:`CamRecord` holds the result of one image as the CAM folders store it.
 
 Reading chosen: the issue text lists "upsample, ReLU"; the SFC / IRN code applies the ReLU before
 upsampling (bilinear interpolation of a ReLU'd map stays ≥ 0, so no second ReLU is needed), and
@@ -31,38 +36,53 @@ foreground doubled) is not applied here: it is a rule of the later steps (``rule
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
-from tqdm.auto import tqdm
 
-from weakseg.cam.store import BG_SUFFIX, cam_file, save_cams, write_cam_meta
+from weakseg.ops.class_maps import foreground_indices, max_normalize
+from weakseg.ops.multiscale import multiscale_flip_sum
 
 __all__ = [
+    "BG_SUFFIX",
     "DEFAULT_SCALES",
+    "CamRecord",
     "find_cam_keys",
-    "foreground_classes",
-    "infer_cams",
     "multiscale_cams",
-    "normalise_cams",
     "output_maps",
     "present_foreground",
+    "tagged_cams",
 ]
 
 DEFAULT_SCALES: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)
-NORM_EPS = 1e-5
+#: Suffix of a map's own background channel, in map dicts of the inference and in the CAM files.
+BG_SUFFIX = "@background"
 
 
-def foreground_classes(num_classes: int, background: int | None) -> list[int]:
-    """Dataset class indices of the CAM channels: every class but the background, in order."""
-    return [c for c in range(num_classes) if c != background]
+@dataclass
+class CamRecord:
+    """The CAMs of one image.
+
+    Attributes:
+        keys: int64 ``[n]`` dataset class indices (foreground classes the image is tagged with).
+        cams: CAM type -> float32 ``[n, H, W]`` normalised maps (channel i belongs to ``keys[i]``).
+        backgrounds: CAM type -> float32 ``[H, W]`` normalised background channel of its own, for the
+            types that have one (SFC's ``M_W`` and ``M_P``; a plain CAM has none).
+    """
+
+    keys: np.ndarray
+    cams: dict[str, np.ndarray]
+    backgrounds: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(H, W) of the maps."""
+        first = next(iter(self.cams.values()))
+        return int(first.shape[-2]), int(first.shape[-1])
 
 
 def present_foreground(
@@ -72,7 +92,7 @@ def present_foreground(
     tags = np.asarray(tags.detach().cpu() if isinstance(tags, torch.Tensor) else tags).reshape(-1)
     if tags.size != num_classes:
         raise ValueError(f"tags have {tags.size} entries, expected one per class ({num_classes})")
-    fg = foreground_classes(num_classes, background)
+    fg = foreground_indices(num_classes, background)
     return np.asarray([c for c in fg if tags[c] > 0.5], dtype=np.int64)
 
 
@@ -121,14 +141,6 @@ def _split_channels(
     )
 
 
-def _scaled(images: torch.Tensor, scale: float) -> torch.Tensor:
-    height, width = images.shape[-2:]
-    size = (max(1, int(round(height * scale))), max(1, int(round(width * scale))))
-    if size == (height, width):
-        return images
-    return F.interpolate(images, size=size, mode="bilinear", align_corners=False)
-
-
 def multiscale_cams(
     model: nn.Module,
     images: torch.Tensor,
@@ -165,175 +177,52 @@ def multiscale_cams(
     if not scales:
         raise ValueError("scales must name at least one scale")
     maps_fn = maps_fn or output_maps
-    batch = images.shape[0]
-    size = tuple(images.shape[-2:])
     pass_tags = None if tags is None else (torch.cat([tags, tags]) if flip else tags)
-    totals: dict[str, torch.Tensor] = {}
+    chosen = list(keys) if keys else None
+
+    def cams_of(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        nonlocal chosen
+        with torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            outputs = model(x)
+        maps = maps_fn(outputs, pass_tags)
+        if chosen:  # backgrounds come with their map
+            chosen = find_cam_keys(maps, [k for k in chosen if not k.endswith(BG_SUFFIX)])
+        else:
+            chosen = list(maps)  # every scale gives the same maps
+        out = {}
+        for name in chosen:
+            fg_maps, bg_map = _split_channels(torch.relu(maps[name].float()), foreground, name)
+            out[name] = fg_maps
+            if bg_map is not None:
+                out[name + BG_SUFFIX] = bg_map
+        return out
+
     with torch.no_grad():
-        for scale in scales:
-            x = _scaled(images, float(scale))
-            if flip:
-                x = torch.cat([x, x.flip(-1)])
-            with torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                outputs = model(x)
-            maps = maps_fn(outputs, pass_tags)
-            if keys:  # backgrounds come with their map
-                keys = find_cam_keys(maps, [k for k in keys if not k.endswith(BG_SUFFIX)])
-            else:
-                keys = list(maps)  # every scale gives the same maps
-            for name in keys:
-                fg_maps, bg_map = _split_channels(torch.relu(maps[name].float()), foreground, name)
-                for out_name, cam in ((name, fg_maps), (name + BG_SUFFIX, bg_map)):
-                    if cam is None:
-                        continue
-                    if flip:
-                        cam = cam[:batch] + cam[batch:].flip(-1)
-                    cam = F.interpolate(cam, size=size, mode="bilinear", align_corners=False)
-                    totals[out_name] = cam if out_name not in totals else totals[out_name] + cam
-    return totals
+        return multiscale_flip_sum(images, cams_of, scales=scales, flip=flip, flip_in_batch=True)
 
 
-def normalise_cams(cams: torch.Tensor, eps: float = NORM_EPS) -> torch.Tensor:
-    """Divide each channel of ``[..., H, W]`` maps by its spatial maximum + ``eps`` (step 4)."""
-    peak = cams.flatten(-2).amax(dim=-1)[..., None, None]
-    return cams / (peak + eps)
-
-
-def _collate_list(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return batch
-
-
-def _group_by_size(samples: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    groups: dict[tuple[int, ...], list[dict[str, Any]]] = {}
-    for sample in samples:
-        groups.setdefault(tuple(sample["image"].shape), []).append(sample)
-    return list(groups.values())
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
-
-
-def _stored_keys(out: Path, ids: Sequence[str]) -> list[str]:
-    """The CAM types of the first stored file (when a resumed run had nothing left to compute), with
-    ``"<name>@background"`` for those stored with a background of their own."""
-    from weakseg.cam.store import load_cams
-
-    record = load_cams(cam_file(out, ids[0]))
-    return [*record.cams, *(name + BG_SUFFIX for name in record.backgrounds)]
-
-
-def infer_cams(
-    model: nn.Module,
-    dataset: Dataset,
-    out_dir: str | os.PathLike,
-    *,
-    num_classes: int,
-    background: int | None,
-    scales: Sequence[float] = DEFAULT_SCALES,
-    flip: bool = True,
-    keys: Sequence[str] | None = None,
-    maps_fn: MapsFn | None = None,
-    batch_size: int = 4,
-    num_workers: int = 0,
-    autocast_dtype: torch.dtype | None = None,
-    overwrite: bool = False,
-    progress: bool = True,
-    meta: Mapping[str, Any] | None = None,
-) -> Path:
-    """Compute and store the CAMs of every sample of ``dataset`` (see the module doc).
-
-    Args:
-        model: an image-level network in eval mode (see :func:`multiscale_cams`).
-        dataset: samples with "image" float ``[3, H, W]``, "tags" ``[K]`` and "id" (no augmentation).
-        out_dir: the CAM folder: ``{id}.npz`` per image (:func:`weakseg.cam.store.save_cams`) and
-            ``cams.json`` (``meta`` plus the inference settings; ``"backgrounds"`` lists the maps
-            stored with a background of their own).
-        num_classes, background: the dataset's K and background index (None when every class is
-            a foreground class): the model's CAMs have one channel per non-background class.
-        keys, maps_fn: which maps, from which function (see :func:`multiscale_cams`).
-        batch_size: images per forward pass (images of one size are batched together).
-        overwrite: recompute images whose file exists (otherwise they are skipped, so an
-            interrupted run resumes).
+def tagged_cams(
+    maps: Mapping[str, torch.Tensor], index: int, present: Sequence[int], foreground: Sequence[int]
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Steps 4-5 for image ``index`` of :func:`multiscale_cams`'s sums: the channels of the ``present``
+    foreground classes (dataset indices, among ``foreground``), each divided by its maximum, and the own
+    backgrounds likewise.
 
     Returns:
-        ``out_dir`` as a Path.
+        ``(cams, backgrounds)``: name -> ``[n, H, W]`` (n = ``len(present)``) and name (without the
+        suffix) -> ``[H, W]``.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    device = _model_device(model)
-    fg = foreground_classes(num_classes, background)
-    ids = getattr(dataset, "ids", None)
-    todo = list(range(len(dataset)))  # type: ignore[arg-type]
-    if ids is not None and not overwrite:
-        todo = [i for i in todo if not cam_file(out, ids[i]).is_file()]
-    loader = DataLoader(
-        Subset(dataset, todo),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        collate_fn=_collate_list,
-    )
-    found_keys: list[str] | None = list(keys) if keys else None
-    bar = tqdm(total=len(todo), desc="cams", unit="img", disable=not progress, dynamic_ncols=True)
-    for samples in loader:
-        for group in _group_by_size(samples):
-            for sample in group:
-                if "tags" not in sample:
-                    raise ValueError(f"sample {sample.get('id')!r} has no 'tags': CAM inference needs tags")
-            images = torch.stack([s["image"] for s in group]).to(device)
-            tags = torch.stack([torch.as_tensor(s["tags"]).float() for s in group]).to(device)
-            maps = multiscale_cams(
-                model,
-                images,
-                scales=scales,
-                flip=flip,
-                keys=found_keys,
-                maps_fn=maps_fn,
-                tags=tags,
-                foreground=fg,
-                autocast_dtype=autocast_dtype,
-            )
-            found_keys = list(maps)
-            for name, value in maps.items():
-                if not name.endswith(BG_SUFFIX) and value.shape[1] != len(fg):
-                    raise ValueError(
-                        f"CAM {name!r} has {value.shape[1]} channels but the dataset has {len(fg)} "
-                        f"foreground classes ({num_classes} classes, background {background})"
-                    )
-            for b, sample in enumerate(group):
-                present = present_foreground(sample["tags"], num_classes, background)
-                channels = torch.as_tensor(
-                    [fg.index(int(c)) for c in present], dtype=torch.long, device=device
-                )
-                kept = {
-                    name: normalise_cams(value[b].index_select(0, channels))
-                    for name, value in maps.items()
-                    if not name.endswith(BG_SUFFIX)
-                }
-                own_bg = {
-                    name[: -len(BG_SUFFIX)]: normalise_cams(value[b, 0])
-                    for name, value in maps.items()
-                    if name.endswith(BG_SUFFIX)
-                }
-                save_cams(cam_file(out, str(sample["id"])), present, kept, backgrounds=own_bg)
-            bar.update(len(group))
-    bar.close()
-    if found_keys is None:  # nothing computed now: every file existed already
-        found_keys = _stored_keys(out, ids) if ids else ["cam"]
-    write_cam_meta(
-        out,
-        {
-            "classes": list(getattr(dataset, "classes", [])) or None,
-            "background": background,
-            **dict(meta or {}),
-            "cam_keys": [k for k in found_keys if not k.endswith(BG_SUFFIX)],
-            "backgrounds": [k[: -len(BG_SUFFIX)] for k in found_keys if k.endswith(BG_SUFFIX)],
-            "scales": [float(s) for s in scales],
-            "flip": bool(flip),
-            "num_images": len(dataset),  # type: ignore[arg-type]
-            "dtype": "float16",
-        },
-    )
-    return out
+    first = next(iter(maps.values()))
+    fg = list(foreground)
+    channels = torch.as_tensor([fg.index(int(c)) for c in present], dtype=torch.long, device=first.device)
+    cams = {
+        name: max_normalize(value[index].index_select(0, channels))
+        for name, value in maps.items()
+        if not name.endswith(BG_SUFFIX)
+    }
+    backgrounds = {
+        name[: -len(BG_SUFFIX)]: max_normalize(value[index, 0])
+        for name, value in maps.items()
+        if name.endswith(BG_SUFFIX)
+    }
+    return cams, backgrounds

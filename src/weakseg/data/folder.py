@@ -29,7 +29,6 @@ null otherwise. Other top-level keys (``source``, ``license``, ...) are kept but
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,7 +45,7 @@ from weakseg.data.base import (
 )
 from weakseg.data.formats import DatasetOptions, register_dataset
 from weakseg.data.tags import resolve_background
-from weakseg.io import DataError, atomic_write_json, atomic_write_text
+from weakseg.io import DataError, atomic_write_json, atomic_write_text, read_json
 
 DATASET_JSON = "dataset.json"
 SPLITS_DIR = "splits"
@@ -152,12 +151,7 @@ def read_dataset_json(root: str | os.PathLike) -> DatasetSpec:
     """Read and validate ``root/dataset.json``."""
     root = Path(root)
     path = root / DATASET_JSON
-    if not path.is_file():
-        raise DataError(f"not a dataset folder: {path} not found")
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DataError(f"cannot parse {path}: {err}") from err
+    obj = read_json(path, f"not a dataset folder: {path} not found")
     return parse_dataset_spec(obj, str(path), default_name=root.resolve().name)
 
 

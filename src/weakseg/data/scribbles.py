@@ -34,7 +34,14 @@ from scipy.sparse import coo_matrix, csr_matrix
 from scipy.sparse.csgraph import dijkstra
 from tqdm import tqdm
 
-from weakseg.io import DataError, atomic_save_label_png, atomic_write_json, atomic_write_text, read_label
+from weakseg.io import (
+    DataError,
+    atomic_save_label_png,
+    atomic_write_json,
+    atomic_write_text,
+    path_as_written_in,
+    read_label,
+)
 
 __all__ = [
     "drop_count",
@@ -753,13 +760,6 @@ def _image_seed(seed: int, sample_id: str) -> list[int]:
     return [int(seed), zlib.crc32(sample_id.encode("utf-8"))]
 
 
-def _pointer(src: Path, dst: Path) -> str:
-    """Path to ``src`` as written in ``dst``: relative when they share a folder below /, else absolute."""
-    if os.path.commonpath([src, dst]) == src.anchor:
-        return src.as_posix()
-    return Path(os.path.relpath(src, dst)).as_posix()
-
-
 def write_scribble_variant(
     src_root: str | os.PathLike,
     dst_root: str | os.PathLike,
@@ -834,7 +834,7 @@ def write_scribble_variant(
             atomic_save_label_png(dst / "scribbles" / f"{sample_id}.png", new)
         atomic_write_text(dst / "splits" / f"{split}.txt", "".join(f"{i}\n" for i in ids))
 
-    back = _pointer(src.resolve(), dst.resolve())
+    back = path_as_written_in(src.resolve(), dst.resolve())
     new_layout = {
         key: pattern if posixpath.isabs(pattern) else posixpath.normpath(posixpath.join(back, pattern))
         for key, pattern in layout.items()

@@ -25,6 +25,11 @@ class DistInfo:
         return self.world_size > 1
 
 
+def default_device(name: str | None = None) -> str:
+    """``name`` when given, else ``"cuda"`` when CUDA is available and ``"cpu"`` otherwise."""
+    return name or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def setup_distributed(device: str | None = None) -> DistInfo:
     """Initialise the process group when launched by torchrun (``WORLD_SIZE`` > 1).
 
@@ -32,8 +37,7 @@ def setup_distributed(device: str | None = None) -> DistInfo:
     it returns a single-process description on ``device`` (default: CUDA if available).
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = default_device(device)
     if world <= 1:
         return DistInfo(device=torch.device(device))
     rank = int(os.environ["RANK"])

@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from weakseg.data.collate import group_by_shape, keep_as_list
 from weakseg.engine.guards import reraise_worker_errors
 from weakseg.engine.inference import predict_labels
 from weakseg.io import DataError, atomic_save_label_png, atomic_write_json, json_safe, safe_join
@@ -36,18 +37,8 @@ __all__ = ["evaluate", "write_evaluation_report"]
 Sample = dict[str, Any]
 
 
-def _collate_list(batch: list[Sample]) -> list[Sample]:
-    """Keep samples as a list: images of different sizes are grouped later, not stacked here."""
-    return batch
-
-
-def _group_by_size(samples: Sequence[Sample]) -> list[list[Sample]]:
-    """Split samples into runs that share image size and mask size (so each run stacks into a batch)."""
-    groups: dict[tuple, list[Sample]] = {}
-    for sample in samples:
-        key = (tuple(sample["image"].shape), tuple(sample["mask"].shape))
-        groups.setdefault(key, []).append(sample)
-    return list(groups.values())
+def _image_and_mask_shape(sample: Sample) -> tuple:
+    return tuple(sample["image"].shape), tuple(sample["mask"].shape)
 
 
 def _check_sample(sample: Sample) -> None:
@@ -181,7 +172,7 @@ def evaluate(
         crf=crf,
     )
     loader = DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate_list
+        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=keep_as_list
     )
 
     was_training = model.training
@@ -193,7 +184,7 @@ def evaluate(
             for batch in reraise_worker_errors(loader):
                 for sample in batch:
                     _check_sample(sample)
-                for group in _group_by_size(batch):
+                for group in group_by_shape(batch, _image_and_mask_shape):
                     images = torch.stack([torch.as_tensor(s["image"]) for s in group]).float().to(device)
                     masks = torch.stack([torch.as_tensor(s["mask"]) for s in group]).long().to(device)
                     preds = predict_labels(model, images, out_size=tuple(masks.shape[-2:]), **options)

@@ -24,6 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from weakseg.ops.multiscale import multiscale_flip_sum
+from weakseg.ops.resize import resize_bilinear
+
 if TYPE_CHECKING:
     from weakseg.postprocess.crf import CRFParams
 
@@ -58,13 +61,6 @@ def _logits_of(output: Any) -> torch.Tensor:
     raise TypeError(f"model output must be a dict with 'logits' (or a tensor), got {type(output).__name__}")
 
 
-def _resize(x: torch.Tensor, size: Size2) -> torch.Tensor:
-    """Bilinear resize of ``[B, C, h, w]`` to ``size`` (a no-op when the size already matches)."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-
-
 def _full_logits(
     model: nn.Module, x: torch.Tensor, autocast_dtype: torch.dtype | None = None
 ) -> torch.Tensor:
@@ -74,7 +70,7 @@ def _full_logits(
     """
     with torch.autocast(device_type=x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
         logits = _logits_of(model(x))
-    return _resize(logits.float(), tuple(x.shape[-2:]))
+    return resize_bilinear(logits.float(), x.shape[-2:])
 
 
 def window_positions(length: int, window: int, stride: int) -> list[int]:
@@ -132,10 +128,6 @@ def _grid(ph: int, pw: int, wh: int, ww: int, sh: int, sw: int) -> Iterator[Size
             yield top, left
 
 
-def _scaled_size(base: Size2, scale: float) -> Size2:
-    return max(1, int(round(base[0] * scale))), max(1, int(round(base[1] * scale)))
-
-
 def predict_probs(
     model: nn.Module,
     images: torch.Tensor,
@@ -175,31 +167,26 @@ def predict_probs(
         raise ValueError(f"images must be [B, 3, H, W], got shape {tuple(images.shape)}")
     if not scales:
         raise ValueError("scales must name at least one scale")
-    in_size: Size2 = (int(images.shape[-2]), int(images.shape[-1]))
-    base = _pair(resize, "resize") if resize is not None else in_size
-    target = _pair(out_size, "out_size") if out_size is not None else in_size
-    flips = (False, True) if flip else (False,)
-    total: torch.Tensor | None = None
+
+    def probs_of(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if window is None:
+            logits = _full_logits(model, x, autocast_dtype)
+        else:
+            logits = sliding_window_logits(model, x, window, window_stride, autocast_dtype)
+        if num_classes is not None and logits.shape[1] != num_classes:
+            raise ValueError(f"model returned {logits.shape[1]} classes, expected num_classes={num_classes}")
+        return {"probs": torch.softmax(logits.float(), dim=1)}
+
     with torch.no_grad():
-        for scale in scales:
-            scaled = _resize(images, _scaled_size(base, float(scale)))
-            for mirrored in flips:
-                x = scaled.flip(-1) if mirrored else scaled
-                if window is None:
-                    logits = _full_logits(model, x, autocast_dtype)
-                else:
-                    logits = sliding_window_logits(model, x, window, window_stride, autocast_dtype)
-                if num_classes is not None and logits.shape[1] != num_classes:
-                    raise ValueError(
-                        f"model returned {logits.shape[1]} classes, expected num_classes={num_classes}"
-                    )
-                probs = torch.softmax(logits.float(), dim=1)
-                if mirrored:
-                    probs = probs.flip(-1)
-                probs = _resize(probs, target)
-                total = probs if total is None else total + probs
-    assert total is not None
-    probs = total / float(len(scales) * len(flips))
+        total = multiscale_flip_sum(
+            images,
+            probs_of,
+            scales=scales,
+            flip=flip,
+            base_size=_pair(resize, "resize") if resize is not None else None,
+            out_size=_pair(out_size, "out_size") if out_size is not None else None,
+        )["probs"]
+    probs = total / float(len(scales) * (2 if flip else 1))
     if crf is not None:
         probs = _refine_with_crf(probs, images, crf)
     return probs
@@ -209,7 +196,7 @@ def _refine_with_crf(probs: torch.Tensor, images: torch.Tensor, params: CRFParam
     """Dense-CRF marginals ``[B, K, H', W']`` of ``probs`` ``[B, K, H', W']`` with ``images`` as guide."""
     from weakseg.postprocess.crf import refine_probs_with_crf
 
-    guide = _resize(images.float(), tuple(probs.shape[-2:])).clamp(0.0, 1.0)
+    guide = resize_bilinear(images.float(), probs.shape[-2:]).clamp(0.0, 1.0)
     return refine_probs_with_crf(probs, guide.to(probs.device), params)
 
 

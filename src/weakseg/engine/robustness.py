@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from weakseg.config import Config, ConfigError, config_from_dict, config_to_dict, load_config
-from weakseg.io import DataError, atomic_write_json, read_label
+from weakseg.io import DataError, atomic_write_json, read_json, read_label
 
 __all__ = [
     "KINDS",
@@ -165,12 +165,7 @@ def load_robustness(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():
         path = path / ROBUSTNESS_JSON
-    if not path.is_file():
-        raise DataError(f"robustness result not found: {path}")
-    try:
-        result = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DataError(f"cannot read {path}: {err}") from err
+    result = read_json(path, f"robustness result not found: {path}")
     _check_result(result, str(path))
     return result
 

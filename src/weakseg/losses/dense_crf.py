@@ -22,7 +22,7 @@ kernel link. Details that follow the reference:
 * The ROI (crop padding excluded) multiplies ``S`` on both sides of ``W``.
 * ``weight`` = 2e-9 multiplies the sum over the batch divided by the number of images.
 
-``backend`` chooses how ``W`` is applied (:mod:`weakseg.losses.pairwise_kernel`): ``"exact"`` (default) or
+``backend`` chooses how ``W`` is applied (:mod:`weakseg.ops.pairwise_kernel`): ``"exact"`` (default) or
 ``"lattice"``, the permutohedral lattice of the reference implementation itself (linear in the number of
 pixels; at the reference's setting on natural images its kernel sums, hence the loss, are ≈ 0.59× the
 exact ones, the gradient direction agrees to cosine ≥ 0.99: docs/lattice.md), or ``"auto"``. Because the
@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from weakseg.losses.pairwise_kernel import gaussian_affinity_apply, kernel_features_rgbxy
+from weakseg.ops.pairwise_kernel import gaussian_affinity_apply, kernel_features_rgbxy
 
 __all__ = ["dense_crf_loss", "downscale_for_crf"]
 

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from weakseg.ops.resize import resize_bilinear
+
 __all__ = ["soft_dice_loss"]
 
 
@@ -31,8 +33,7 @@ def soft_dice_loss(logits: Tensor, target: Tensor, ignore_index: int = 255, smoo
     Returns:
         Scalar fp32 tensor.
     """
-    if logits.shape[-2:] != target.shape[-2:]:
-        logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
+    logits = resize_bilinear(logits, target.shape[-2:])
     num_classes = logits.shape[1]
     labelled = target != ignore_index  # [B, H, W]
     probs = logits.float().softmax(1) * labelled[:, None]

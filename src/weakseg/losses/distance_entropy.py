@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
+from weakseg.ops.resize import resize_bilinear
+
 __all__ = ["distance_entropy_loss", "entropy_map"]
 
 
@@ -33,8 +35,7 @@ def distance_entropy_loss(logits: Tensor, distance: Tensor) -> Tensor:
     Returns:
         Scalar; 0 (with a gradient path) when no pixel has weight.
     """
-    if logits.shape[-2:] != distance.shape[-2:]:
-        logits = F.interpolate(logits, size=distance.shape[-2:], mode="bilinear", align_corners=False)
+    logits = resize_bilinear(logits, distance.shape[-2:])
     weight = distance.float()
     count = (weight > 0).sum().clamp_min(1)
     return (weight * entropy_map(logits)).sum() / count

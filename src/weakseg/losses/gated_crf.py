@@ -37,7 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from weakseg.losses.pairwise_kernel import gaussian_affinity_apply
+from weakseg.ops.pairwise_kernel import gaussian_affinity_apply
+from weakseg.ops.resize import resize_gate
 
 __all__ = ["GatedCRFKernel", "gated_crf_loss"]
 
@@ -65,15 +66,6 @@ class GatedCRFKernel:
 
 def _as_kernel(spec: GatedCRFKernel | Mapping) -> GatedCRFKernel:
     return spec if isinstance(spec, GatedCRFKernel) else GatedCRFKernel(**dict(spec))
-
-
-def _resize_mask(mask: Tensor, size: tuple[int, int]) -> Tensor:
-    """[B, H, W] → [B, h, w] float: area resize, then every value below 1 becomes 0 (official rule)."""
-    m = mask.float().unsqueeze(1)
-    if m.shape[-2:] != size:
-        m = F.adaptive_avg_pool2d(m, size)
-    m = torch.nan_to_num(m, nan=0.0)
-    return torch.where(m < 1.0, torch.zeros_like(m), m)[:, 0]
 
 
 def _kernel_features(kernel: GatedCRFKernel, image: Tensor, batch: int, size: tuple[int, int]) -> Tensor:
@@ -122,8 +114,8 @@ def gated_crf_loss(
     img = image.float()
     if img.shape[-2:] != size:
         img = F.adaptive_avg_pool2d(img, size)
-    src = _resize_mask(mask_src, size) if mask_src is not None else None
-    dst = _resize_mask(mask_dst, size) if mask_dst is not None else None
+    src = resize_gate(mask_src, size) if mask_src is not None else None
+    dst = resize_gate(mask_dst, size) if mask_dst is not None else None
 
     # values [p·m_src, m_src]: one kernel pass gives Σ_j K_ij m_j p_j and Σ_j K_ij m_j
     gate = src.unsqueeze(1) if src is not None else torch.ones_like(p[:, :1])

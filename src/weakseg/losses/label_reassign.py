@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from weakseg.losses.resample import nearest_resize
+from weakseg.ops.resize import resize_bilinear, resize_nearest
 
 __all__ = [
     "Reassignment",
@@ -126,7 +126,7 @@ def reassign_labels(
     if margin < 0:
         raise ValueError(f"margin must be >= 0, got {margin}")
     labels = labels.long()
-    grid_labels = nearest_resize(labels.long(), embedding.shape[-2:])
+    grid_labels = resize_nearest(labels.long(), embedding.shape[-2:])
     with torch.autocast(embedding.device.type, enabled=False):  # centres and cosines in fp32
         centres, has = class_centres(embedding, grid_labels, num_classes, ignore_index)
         sim = centre_similarity(embedding, centres, has)  # [B, K, h, w]
@@ -157,8 +157,7 @@ def reassigned_cross_entropy(
         (at least 1). Both are 0 with a gradient path when nothing is labelled.
     """
     target = reassignment.target
-    if logits.shape[-2:] != target.shape[-2:]:
-        logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
+    logits = resize_bilinear(logits, target.shape[-2:])
     per_pixel = F.cross_entropy(logits.float(), target, ignore_index=ignore_index, reduction="none")
     count = (reassignment.labels != ignore_index).sum().clamp_min(1)
     moved = reassignment.reassigned.to(per_pixel.dtype)

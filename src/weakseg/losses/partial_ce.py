@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from weakseg.ops.resize import resize_bilinear
+
 
 def partial_cross_entropy(
     logits: torch.Tensor,
@@ -27,8 +29,7 @@ def partial_cross_entropy(
         Scalar: the sum of per-pixel losses divided by the number of labelled pixels in the batch.
         A batch without any labelled pixel gives 0 (with a gradient path), never NaN.
     """
-    if logits.shape[-2:] != target.shape[-2:]:
-        logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
+    logits = resize_bilinear(logits, target.shape[-2:])
     per_pixel = F.cross_entropy(
         logits.float(),
         target,

@@ -45,12 +45,12 @@ from weakseg.losses.affinity import adaptive_affinity_loss
 from weakseg.losses.label_reassign import reassign_labels, reassigned_cross_entropy
 from weakseg.losses.multilabel import multilabel_soft_margin_loss
 from weakseg.losses.partial_ce import partial_cross_entropy
-from weakseg.losses.resample import nearest_resize
 from weakseg.methods.base import Method, register_method
 from weakseg.methods.cam import check_tag_variety
-from weakseg.models.classifier import foreground_indices, insert_background
 from weakseg.models.outputs import ModelOutputs
 from weakseg.models.single_stage import create_single_stage
+from weakseg.ops.class_maps import foreground_indices, insert_background
+from weakseg.ops.resize import resize_nearest
 from weakseg.postprocess.crf import CRFParams
 
 __all__ = ["AAL", "AALParams"]
@@ -145,6 +145,7 @@ class AAL(Method):
     Params = AALParams
     requires = ("tags",)
     model_kind = "single_stage"
+    fg_index: Tensor  # long [C]: the foreground classes' indices (a buffer)
 
     def __init__(self, params: AALParams, **kw: Any) -> None:
         super().__init__(params, **kw)
@@ -252,8 +253,8 @@ class AAL(Method):
             losses["seg"] = p.seg_weight * partial_cross_entropy(logits, labels, self.ignore_index)
         if p.use_aa:
             grid = tuple(embedding.shape[-2:])
-            grid_labels = nearest_resize(labels, grid)
-            grid_conf = nearest_resize(confidence, grid) if p.aa_confidence else None
+            grid_labels = resize_nearest(labels, grid)
+            grid_conf = resize_nearest(confidence, grid) if p.aa_confidence else None
             losses["aa"] = p.aa_weight * adaptive_affinity_loss(
                 embedding,
                 grid_labels,

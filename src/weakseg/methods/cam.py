@@ -36,13 +36,9 @@ from weakseg.data.sample import Batch
 from weakseg.losses.multilabel import multilabel_soft_margin_loss
 from weakseg.methods.base import Method, register_method
 from weakseg.metrics import ConfusionMatrix
-from weakseg.models.classifier import (
-    DEFAULT_BG_THRESHOLD,
-    cam_seed_logits,
-    create_cam_classifier,
-    foreground_indices,
-)
+from weakseg.models.classifier import DEFAULT_BG_THRESHOLD, cam_seed_logits, create_cam_classifier
 from weakseg.models.outputs import ModelOutputs
+from weakseg.ops.class_maps import foreground_indices
 
 
 @dataclass
@@ -192,6 +188,7 @@ class CAM(Method):
     Params = CAMParams
     requires = ("tags",)
     model_kind = "classifier"
+    fg_index: Tensor  # long [C]: the foreground classes' indices (a buffer)
 
     @property
     def seed_rule(self) -> str:

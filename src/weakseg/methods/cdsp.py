@@ -4,7 +4,7 @@ One training step, ``L = L_segs + L_segc + L_lorm + L_ds + L_dc`` (all weights 1
 
 1. ``segs``: partial cross-entropy on the scribbled pixels;
 2. ``segc``: cross-entropy with label smoothing ε = 0.1 on the pseudo-label (255 = uncertain, ignored);
-3. ``lorm``: the localization rectification module (:class:`~weakseg.losses.lorm.LoRM`, method-owned)
+3. ``lorm``: the localization rectification module (:class:`~weakseg.models.lorm.LoRM`, method-owned)
    on the deepest backbone level ``F``: ``F̂ = δ · M ⊙ attention(q̂, k̂, F)`` with ``M`` the pseudo-label
    foreground resized to the feature grid by nearest neighbour (the authors' code interpolates the label
    ids bilinearly and thresholds > 0; nearest is the clean reading), MSE(F, F̂) reduced as the authors'
@@ -39,11 +39,12 @@ from torch import Tensor, nn
 from weakseg.data.distance_maps import BoundaryDistanceMap, ScribbleDistanceMap
 from weakseg.data.sample import Batch
 from weakseg.losses.distance_entropy import distance_entropy_loss
-from weakseg.losses.lorm import LORM_MASK_AXES, LORM_REDUCTIONS, LoRM, lorm_loss
+from weakseg.losses.feature_rectification import LORM_REDUCTIONS, lorm_loss
 from weakseg.losses.partial_ce import partial_cross_entropy
-from weakseg.losses.resample import nearest_resize
 from weakseg.methods.base import Method, register_method
+from weakseg.models.lorm import LORM_MASK_AXES, LoRM
 from weakseg.models.outputs import ModelOutputs
+from weakseg.ops.resize import resize_nearest
 
 SCRIBBLE_MAP, BOUNDARY_MAP = "dist_scribble", "dist_pseudo"
 UNCERTAIN_READINGS = ("ignore", "background")
@@ -118,7 +119,7 @@ class CDSP(Method):
     def foreground(self, pseudo: Tensor, size: tuple[int, int]) -> Tensor:
         """LoRM's row mask ``M``: ``[B, H, W]`` pseudo-label → bool ``[B, h, w]`` (nearest resize);
         foreground = neither background nor ignored (every labelled pixel without a background class)."""
-        small = nearest_resize(pseudo, size)
+        small = resize_nearest(pseudo, size)
         keep = small != self.ignore_index
         return keep if self.background is None else keep & (small != self.background)
 

@@ -40,20 +40,18 @@ import torch
 from torch import Tensor, nn
 
 from weakseg.data.sample import Batch
-from weakseg.losses.dfr import (
+from weakseg.losses.feature_consistency import consistency_labels, labels_to_grid, pairwise_consistency_loss
+from weakseg.losses.normalized_potts import (
     KERNEL_COMBINATIONS,
     KERNEL_MODES,
     dfr_regularized_loss,
-    grid_size,
-    resize_map,
-    roi_on_grid,
     unit_features_on_grid,
 )
-from weakseg.losses.feature_consistency import consistency_labels, labels_to_grid, pairwise_consistency_loss
 from weakseg.losses.partial_ce import partial_cross_entropy
 from weakseg.methods.base import Method, register_method
 from weakseg.models.consistency_head import FeatureConsistencyHead
 from weakseg.models.outputs import ModelOutputs
+from weakseg.ops.resize import resize_area, resize_mask, scaled_size
 
 DEEP_KERNELS = ("none", "frozen", "dynamic")
 FEATURE_SOURCES = ("embedding", "backbone")
@@ -77,7 +75,10 @@ class DFRParams:
         shallow_mode: ``"dense"`` (every pair, exact and O(N) memory through fused attention) or ``"local"``.
         shallow_radius: window radius in grid cells for ``shallow_mode="local"``.
         shallow_backend: dense shallow kernel through the exact fused kernel (``"exact"``), the
-            permutohedral lattice (``"lattice"``, linear in the grid size) or ``"auto"``.
+            permutohedral lattice (``"lattice"``, linear in the grid size; what the RRM / rloss code of
+            DFR's authors runs) or ``"auto"`` (the default: the lattice from ~2,300 grid cells on a CPU,
+            see :func:`weakseg.ops.lattice.choose_backend`). The loss is normalised by the kernel's
+            mass, so the lattice's lower overall scale cancels and the backends give the same balance.
         deep_kernel: ``"none"`` (shallow kernel only, ~rloss), ``"frozen"`` (ImageNet backbone features,
             never updated), ``"dynamic"`` (features of the network being trained: DFR).
         consistency_head: train the feature consistency head and, with ``"dynamic"``, take the deep
@@ -120,7 +121,7 @@ class DFRParams:
     shallow_scale: float = 0.5
     shallow_mode: str = "dense"
     shallow_radius: int = 5
-    shallow_backend: str = "exact"
+    shallow_backend: str = "auto"
     deep_kernel: str = "dynamic"
     consistency_head: bool = True
     kernel_combination: str = "sum"
@@ -267,7 +268,7 @@ class DFR(Method):
         valid = batch.get("valid")
         terms = {"pce": p.pce_weight * partial_cross_entropy(logits, scribble, self.ignore_index)}
         probs = logits.float().softmax(dim=1)
-        size = grid_size(image.shape[-2], image.shape[-1], 1.0 / p.deep_stride)
+        size = scaled_size(image.shape[-2:], 1.0 / p.deep_stride)
         active = self.deep_kernel_active()
 
         deep: Tensor | None = None
@@ -318,7 +319,7 @@ class DFR(Method):
         x = self._source_feature(outputs)
         if not self.params.head_input_grad:
             x = x.detach()
-        return self.head(resize_map(x, size))
+        return self.head(resize_area(x, size))
 
     def consistency_loss(
         self, embeddings: Tensor, probs: Tensor, scribble: Tensor, valid: Tensor | None
@@ -328,9 +329,9 @@ class DFR(Method):
         size = tuple(embeddings.shape[-2:])
         with torch.no_grad():
             labels, from_scribble = consistency_labels(
-                resize_map(probs.detach(), size),
+                resize_area(probs.detach(), size),
                 labels_to_grid(scribble, size, self.num_classes, self.ignore_index),
-                roi_on_grid(valid, size),
+                resize_mask(valid, size),
                 threshold=p.confidence_threshold,
                 ignore_index=self.ignore_index,
             )

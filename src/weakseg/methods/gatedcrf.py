@@ -5,7 +5,8 @@ Defaults are the official code's (github.com/toshas/GatedCRFLoss, ``utils/config
 computed on the DeepLabV3+ decoder's stride-4 grid (``scale`` 0.25) with RGB normalised by the
 ImageNet std (so ``rgb`` 0.1 means 0.1 std). WSL4MIS's ACDC setting (the DMPLS paper's "RLoss"
 baseline) uses the same kernel at full resolution on one grey channel in [0, 1]: ``scale: 1.0``,
-``rgb_std: null``, ``grey_image: true``, ``warmup: 0.0`` (configs/gatedcrf/acdc_effnetlite0.yaml).
+``rgb_std: null``, ``grey_image: true``, ``warmup: 0.0``
+(configs/gatedcrf/acdc_effnetlite0-v3p_256x256_2k.yaml).
 
 The loss sees ``softmax`` of the logits resized (bilinearly) to the loss grid, round(H·scale) ×
 round(W·scale) of the label size (no resize when the head's grid already matches); σ_xy and the radius

@@ -25,9 +25,10 @@ class. On VOC train_aug this gives exactly the reference's weights (its hard-cod
 ``sum_j |n_c - n_j|``, its ``660*4*3/20`` is ``e``). ``dc_counts="pixels"`` uses per-class pixel counts
 of the label maps instead (an option; see :class:`SFCParams`).
 
-Settings that are not method parameters (set them in the config as ``configs/sfc/voc_r50.yaml`` does):
-gradient clipping at norm 1 (``optim.grad_clip``), SGD with the reference's effective momentum 1e-4,
-ResNet-50 at stride 16 without dilation, frozen stem/``layer1``/``layer2`` and BatchNorm statistics.
+Settings that are not method parameters (set them in the config as
+``configs/sfc/voc_r50-cls_512x512_3966.yaml`` does): gradient clipping at norm 1 (``optim.grad_clip``),
+SGD with the reference's effective momentum 1e-4, ResNet-50 at stride 16 without dilation, frozen
+stem/``layer1``/``layer2`` and BatchNorm statistics.
 
 Collapse diagnostics (every step, over the batch's own images, bank samples left out; datasets with a
 background class): ``sfc/empty_bg_prototype`` = the share of images without a single background seed
@@ -54,18 +55,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from weakseg.data.sample import Batch
-from weakseg.losses.multilabel import multilabel_soft_margin_loss
-from weakseg.losses.sfc import (
-    background_from_foreground,
-    class_prototypes,
+from weakseg.losses.cam_consistency import (
     distribution_coefficients,
-    max_normalize,
-    pcm_propagate,
-    prototype_cam,
     prototype_consistency_loss,
     scale_consistency_loss,
-    seed_masks,
 )
+from weakseg.losses.multilabel import multilabel_soft_margin_loss
 from weakseg.methods.base import register_method
 from weakseg.methods.cam import (  # noqa: F401  (ClassCounts, count_classes: re-exported)
     CAM,
@@ -75,8 +70,17 @@ from weakseg.methods.cam import (  # noqa: F401  (ClassCounts, count_classes: re
     params_from_spec,
 )
 from weakseg.methods.image_bank import ImageBank
-from weakseg.models.classifier import DEFAULT_BG_THRESHOLD, insert_background
+from weakseg.models.classifier import DEFAULT_BG_THRESHOLD
 from weakseg.models.outputs import ModelOutputs
+from weakseg.ops.class_maps import (
+    background_from_foreground,
+    class_prototypes,
+    insert_background,
+    max_normalize,
+    pcm_propagate,
+    prototype_cam,
+    seed_masks,
+)
 
 DC_COUNTS = ("images", "pixels", "uniform")
 
@@ -326,7 +330,7 @@ class SFC(CAM):
             "bg_seed_share": [v[1] for v in values],
         }
 
-    def _region(self, labels: Tensor, valid: Tensor | None, grid: tuple[int, int]) -> Tensor:
+    def _region(self, labels: Tensor, valid: Tensor | None, grid: tuple[int, ...]) -> Tensor:
         """``[B, K, h, w]``: valid pixels (nearest-resized to ``grid``) times the channel labels."""
         region = labels[:, :, None, None].expand(-1, -1, *grid)
         if valid is None:
@@ -372,7 +376,7 @@ class SFC(CAM):
         :meth:`~weakseg.methods.cam.CAM.raw_cam_scores` (IRN's rule, the ``cam`` method's validation).
         """
         p = self.params
-        maps = self.class_maps(outputs, tags)
+        maps = self.class_maps(cast(ModelOutputs, outputs), tags)
         scores = {
             name: sfc_seed_scores(
                 F.interpolate(maps[name], size=size, mode="bilinear", align_corners=False),

@@ -5,7 +5,6 @@ Backbones and heads are built by name from two registries (:class:`weakseg.regis
 :func:`create_head`); ``BACKBONES.descriptions()`` / ``HEADS.descriptions()`` list them (``weakseg models``).
 """
 
-from weakseg.models import upernet as _upernet  # noqa: F401  (registers the "upernet" head)
 from weakseg.models.backbones import (
     BACKBONES,
     Backbone,
@@ -15,7 +14,7 @@ from weakseg.models.backbones import (
 )
 from weakseg.models.heads import HEADS, available_heads, create_head, register_head
 from weakseg.models.network import BackboneSpec
-from weakseg.models.segmentor import Segmentor, create_segmentor, upsample_logits
+from weakseg.models.segmentor import Segmentor, create_segmentor
 from weakseg.models.weights import LoadReport, WeightsError, load_pretrained
 
 __all__ = [
@@ -34,5 +33,4 @@ __all__ = [
     "load_pretrained",
     "register_backbone",
     "register_head",
-    "upsample_logits",
 ]

@@ -31,10 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from weakseg.losses.sfc import max_normalize
 from weakseg.models.backbones import Backbone, Pretrained
 from weakseg.models.network import BackboneNetwork, BackboneSpec
 from weakseg.models.outputs import ModelOutputs
+from weakseg.ops.class_maps import foreground_indices, insert_background, max_normalize
 
 __all__ = [
     "DEFAULT_BG_THRESHOLD",
@@ -43,29 +43,12 @@ __all__ = [
     "class_activation",
     "create_cam_classifier",
     "fix_bn_statistics",
-    "foreground_indices",
-    "insert_background",
     "remove_dilation",
 ]
 
 #: Background score of the tag-free ``"logits"`` and of CAM seeds: IRN's ``cam_eval_thres`` (0.15), the
 #: threshold its CAM seeds on VOC are evaluated with.
 DEFAULT_BG_THRESHOLD = 0.15
-
-
-def foreground_indices(num_classes: int, background: int | None) -> list[int]:
-    """The class indices other than ``background`` (all of them when it is None), in order."""
-    if background is not None and not 0 <= background < num_classes:
-        raise ValueError(f"background index {background} is outside 0..{num_classes - 1}")
-    return [c for c in range(num_classes) if c != background]
-
-
-def insert_background(fg: Tensor, bg: Tensor, background: int) -> Tensor:
-    """Place the channel ``bg`` ``[B, 1, ...]`` at index ``background`` among ``fg`` ``[B, C, ...]``.
-
-    Returns ``[B, C + 1, ...]``, the layout of the dataset's class indices.
-    """
-    return torch.cat([fg[:, :background], bg.to(fg.dtype), fg[:, background:]], dim=1)
 
 
 def cam_seed_logits(

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from weakseg.models.heads import _init_hidden, make_norm
+from weakseg.models.layers import init_hidden, make_norm
 
 
 class _KaimingLazyConv2d(nn.LazyConv2d):
@@ -57,7 +57,7 @@ class FeatureConsistencyHead(nn.Module):
             layers += [conv, make_norm(norm, hidden), nn.ReLU(inplace=True)]
         self.hidden = nn.Sequential(*layers)
         self.project = nn.Conv2d(hidden, out_dim, 1)
-        _init_hidden(nn.ModuleList(m for m in self.hidden if not isinstance(m, nn.LazyConv2d)))
+        init_hidden(nn.ModuleList(m for m in self.hidden if not isinstance(m, nn.LazyConv2d)))
         nn.init.normal_(self.project.weight, std=0.01)
         nn.init.zeros_(self.project.bias)
         self.out_dim = out_dim

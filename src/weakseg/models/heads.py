@@ -6,32 +6,33 @@ per-level ``channels`` and ``strides`` (shallow to deep), and its ``forward(feat
 ``output_stride`` (not upsampled) and the last hidden feature map before the classifier, which
 feature-space losses (dense CRF on deep features, prototypes, ...) work on.
 
-``HEADS`` maps names to the head classes; :func:`create_head` is the entry point:
+``HEADS`` (a :class:`~weakseg.registry.Registry`; :func:`register_head`, ``weakseg models`` lists it) maps
+names to the head classes; :func:`create_head` is the entry point:
 
 - ``deeplabv2``: the classic DeepLab-v2 ASPP classifier.
 - ``deeplabv2_aspp_bn``: the BatchNorm ASPP head that later DeepLab-v2 re-implementations use.
 - ``deeplabv2_cdsp``: the CDSP authors' variant of it, with ``num_classes``-wide branches fused by a 1x1
   conv + norm (their R50-V2 ablation model).
 - ``deeplabv3plus``: DeepLab-v3+ (ASPP + low-level decoder).
+- ``upernet``: UperNet (PPM + FPN, :mod:`weakseg.models.upernet`).
 
-Normalisation of hidden layers is configurable with ``norm``: ``"bn"`` (BatchNorm2d), ``"syncbn"``
-(SyncBatchNorm; behaves as BatchNorm outside ``torch.distributed``) or ``"gn"`` (GroupNorm, up to 32
-groups). Heads with an image-pooling branch normalise a 1x1 map over the batch, so with ``"bn"`` training
-needs batch size >= 2 (as in torchvision's DeepLab).
+Normalisation of hidden layers is configurable with ``norm`` (:mod:`weakseg.models.layers`): ``"bn"``
+(BatchNorm2d), ``"syncbn"`` (SyncBatchNorm; behaves as BatchNorm outside ``torch.distributed``) or ``"gn"``
+(GroupNorm, up to 32 groups). Heads with an image-pooling branch normalise a 1x1 map over the batch, so
+with ``"bn"`` training needs batch size >= 2 (as in torchvision's DeepLab).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from weakseg.models.layers import ConvNormAct, init_classifier, init_hidden, make_norm
+from weakseg.models.upernet import UperNetHead
 from weakseg.registry import Registry
-
-NORMS = ("bn", "syncbn", "gn")
 
 HeadFactory = Callable[..., nn.Module]
 
@@ -60,31 +61,6 @@ def fit_aspp_rates(rates: Sequence[int], scale: float) -> list[int]:
     if scale >= 1.0:
         return [int(r) for r in rates]
     return [max(1, round(r * scale)) for r in rates]
-
-
-def make_norm(norm: str, channels: int) -> nn.Module:
-    """A normalisation layer for ``channels`` feature maps: ``"bn"``, ``"syncbn"`` or ``"gn"``."""
-    if norm == "bn":
-        return nn.BatchNorm2d(channels)
-    if norm == "syncbn":
-        return nn.SyncBatchNorm(channels)
-    if norm == "gn":
-        return nn.GroupNorm(math.gcd(32, channels), channels)
-    raise ValueError(f"unknown norm '{norm}'; expected one of {NORMS}")
-
-
-class ConvNormAct(nn.Sequential):
-    """``k x k`` convolution (no bias, "same" padding for odd ``k``) -> norm -> ReLU."""
-
-    def __init__(
-        self, cin: int, cout: int, kernel_size: int = 1, dilation: int = 1, norm: str = "bn"
-    ) -> None:
-        padding = dilation * (kernel_size // 2)
-        super().__init__(
-            nn.Conv2d(cin, cout, kernel_size, padding=padding, dilation=dilation, bias=False),
-            make_norm(norm, cout),
-            nn.ReLU(inplace=True),
-        )
 
 
 class ImagePooling(nn.Module):
@@ -133,24 +109,6 @@ class ASPP(nn.Module):
         return self.dropout(self.project(torch.cat([branch(x) for branch in self.branches], dim=1)))
 
 
-def _init_hidden(module: nn.Module) -> None:
-    """Kaiming-normal (fan-out, ReLU) convolutions; unit-scale, zero-shift norms."""
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.BatchNorm2d, nn.SyncBatchNorm, nn.GroupNorm)):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-
-
-def _init_classifier(conv: nn.Conv2d) -> None:
-    """Small logits at the start: weights ~ N(0, 0.01^2), zero bias (the DeepLab-v2 initialisation)."""
-    nn.init.normal_(conv.weight, std=0.01)
-    nn.init.zeros_(conv.bias)
-
-
 @register_head("deeplabv2", description="DeepLab-v2 ASPP classifier: sum of four dilated 3x3 convs")
 class DeepLabV2Head(nn.Module):
     """The classic DeepLab-v2 ASPP classifier (Chen et al., TPAMI 2018).
@@ -176,7 +134,7 @@ class DeepLabV2Head(nn.Module):
         self.rates = rates
         self.branches = nn.ModuleList(nn.Conv2d(cin, num_classes, 3, padding=r, dilation=r) for r in rates)
         for conv in self.branches:
-            _init_classifier(conv)
+            init_classifier(conv)
         self.num_classes = num_classes
         self.embed_dim = cin
         self.output_stride = strides[-1]
@@ -219,8 +177,8 @@ class DeepLabV2ASPPBNHead(nn.Module):
         self.aspp = ASPP(in_channels[-1], channels, self.rates, with_1x1=False, norm=norm)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Conv2d(channels, num_classes, 1)
-        _init_hidden(self.aspp)
-        _init_classifier(self.classifier)
+        init_hidden(self.aspp)
+        init_classifier(self.classifier)
         self.num_classes = num_classes
         self.embed_dim = channels
         self.output_stride = strides[-1]
@@ -261,7 +219,7 @@ class CDSPASPPHead(nn.Module):
         self.aspp = ASPP(in_channels[-1], k, self.rates[1:], with_1x1=True, norm=norm, fuse=False)
         self.embed_dim = k * (len(self.rates) + 1)  # 1x1 + 3x3 branches + image pooling
         self.fuse = nn.Sequential(nn.Conv2d(self.embed_dim, k, 1, bias=False), make_norm(norm, k))
-        _init_hidden(self)
+        init_hidden(self)
         self.num_classes = num_classes
         self.output_stride = strides[-1]
 
@@ -313,8 +271,8 @@ class DeepLabV3PlusHead(nn.Module):
         )
         self.classifier = nn.Conv2d(channels, num_classes, 1)
         for module in (self.aspp, self.low_level, self.decoder):
-            _init_hidden(module)
-        _init_classifier(self.classifier)
+            init_hidden(module)
+        init_classifier(self.classifier)
         self.num_classes = num_classes
         self.embed_dim = channels
         self.output_stride = strides[0]
@@ -327,6 +285,12 @@ class DeepLabV3PlusHead(nn.Module):
             context = F.interpolate(context, size=low.shape[-2:], mode="bilinear", align_corners=False)
         embedding = self.decoder(torch.cat([context, low], dim=1))
         return self.classifier(embedding), embedding
+
+
+# UperNet lives in its own module, which imports nothing of this one (no cycle)
+HEADS.add(
+    "upernet", UperNetHead, description="UperNet: PPM + FPN decoder (its own pyramid for single-level ViTs)"
+)
 
 
 def available_heads() -> list[str]:

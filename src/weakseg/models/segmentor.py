@@ -2,15 +2,14 @@
 
 ``create_segmentor("resnet101", "deeplabv3plus", num_classes=21)`` builds one from the two registries.
 Its ``forward(image)`` takes RGB images in [0, 1] and returns a dict (see :meth:`Segmentor.forward`);
-logits stay at the head's stride, :func:`upsample_logits` brings them to image size.
+logits stay at the head's stride, :func:`weakseg.ops.resize.resize_bilinear` brings them to image size.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from weakseg.models.backbones import Backbone, Pretrained, available_backbones
@@ -18,7 +17,7 @@ from weakseg.models.heads import available_heads
 from weakseg.models.network import BackboneNetwork, BackboneSpec
 from weakseg.models.outputs import ModelOutputs
 
-__all__ = ["Segmentor", "available_backbones", "available_heads", "create_segmentor", "upsample_logits"]
+__all__ = ["Segmentor", "available_backbones", "available_heads", "create_segmentor"]
 
 
 class Segmentor(BackboneNetwork):
@@ -80,11 +79,3 @@ def create_segmentor(
     """
     spec = BackboneSpec(backbone, pretrained, output_stride, frozen_stages, freeze_bn, backbone_kwargs)
     return Segmentor(*spec.build_with_head(head, num_classes, head_kwargs))
-
-
-def upsample_logits(logits: Tensor, size: Sequence[int]) -> Tensor:
-    """Bilinearly resize ``[B, K, h, w]`` logits to ``size = (H, W)`` (``align_corners=False``)."""
-    size = (int(size[0]), int(size[1]))
-    if tuple(logits.shape[-2:]) == size:
-        return logits
-    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)

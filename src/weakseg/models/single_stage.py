@@ -31,9 +31,10 @@ import torch
 from torch import Tensor, nn
 
 from weakseg.models.backbones import Backbone, Pretrained
-from weakseg.models.classifier import class_activation, foreground_indices
+from weakseg.models.classifier import class_activation
 from weakseg.models.network import BackboneNetwork, BackboneSpec
 from weakseg.models.outputs import ModelOutputs
+from weakseg.ops.class_maps import foreground_indices
 
 __all__ = ["SingleStageNetwork", "create_single_stage"]
 

@@ -26,17 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from weakseg.models.heads import ConvNormAct, _init_classifier, _init_hidden, make_norm, register_head
+from weakseg.models.layers import ConvNormAct, init_classifier, init_hidden, make_norm
+from weakseg.ops.resize import resize_bilinear
 
 #: the rescaling factors of :class:`SimplePyramid` (stride 16 -> 4, 8, 16, 32)
 PYRAMID_SCALES = (4.0, 2.0, 1.0, 0.5)
-
-
-def _resize(x: Tensor, size: Sequence[int]) -> Tensor:
-    """Bilinear resize of ``[B, C, h, w]`` to ``size`` (no-op when already there; ``align_corners=False``)."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
 
 
 class PyramidPooling(nn.Module):
@@ -53,7 +47,9 @@ class PyramidPooling(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         size = x.shape[-2:]
-        pooled = [_resize(b(F.adaptive_avg_pool2d(x, s)), size) for s, b in zip(self.scales, self.branches)]
+        pooled = [
+            resize_bilinear(b(F.adaptive_avg_pool2d(x, s)), size) for s, b in zip(self.scales, self.branches)
+        ]
         return torch.cat([x, *pooled], dim=1)
 
 
@@ -93,7 +89,6 @@ class SimplePyramid(nn.Module):
         return [rescale(x) for rescale, x in zip(self.rescalers, maps)]
 
 
-@register_head("upernet", description="UperNet: PPM + FPN decoder (its own pyramid for single-level ViTs)")
 class UperNetHead(nn.Module):
     """UperNet (PPM + FPN) decoder; ``forward(features) -> (logits, embedding)`` at the finest stride.
 
@@ -143,10 +138,10 @@ class UperNetHead(nn.Module):
         self.dropout = nn.Dropout2d(dropout)
         self.classifier = nn.Conv2d(channels, num_classes, 1)
         for module in (self.ppm, self.bottleneck, self.laterals, self.fpn_convs, self.fuse):
-            _init_hidden(module)
+            init_hidden(module)
         if self.pyramid is not None:
-            _init_hidden(self.pyramid)
-        _init_classifier(self.classifier)
+            init_hidden(self.pyramid)
+        init_classifier(self.classifier)
         self.num_classes = num_classes
         self.embed_dim = channels
         self.output_stride = strides[0]
@@ -160,8 +155,8 @@ class UperNetHead(nn.Module):
         top = self.bottleneck(self.ppm(levels[-1]))
         merged = [lateral(x) for lateral, x in zip(self.laterals, levels[:-1])] + [top]
         for i in range(len(merged) - 1, 0, -1):  # top-down: coarse into fine
-            merged[i - 1] = merged[i - 1] + _resize(merged[i], merged[i - 1].shape[-2:])
+            merged[i - 1] = merged[i - 1] + resize_bilinear(merged[i], merged[i - 1].shape[-2:])
         outs = [conv(x) for conv, x in zip(self.fpn_convs, merged[:-1])] + [top]
         size = outs[0].shape[-2:]
-        embedding = self.fuse(torch.cat([_resize(x, size) for x in outs], dim=1))
+        embedding = self.fuse(torch.cat([resize_bilinear(x, size) for x in outs], dim=1))
         return self.classifier(self.dropout(embedding)), embedding

@@ -150,7 +150,7 @@ class PermutohedralLattice:
             finite. Detached (no gradient reaches the features). Images of the batch are independent.
         roi: ``[B, *spatial]`` bool or float, or ``None`` (every pixel). Pixels where it is 0 are left
             out of the lattice: they neither send nor receive. Float values weight a pixel on both
-            sides, as in :func:`weakseg.losses.pairwise_kernel.gaussian_affinity_apply`.
+            sides, as in :func:`weakseg.ops.pairwise_kernel.gaussian_affinity_apply`.
         name: how error messages call ``features``.
 
     Attributes:

@@ -24,7 +24,7 @@ row sums of the normalisation as well; ``False`` gives the paper's form.
 **Backends: exact kernel or lattice** (``CRFParams.backend``).
 
 * ``"exact"``: ``K_m`` is the exact Gaussian, applied through
-  :func:`weakseg.losses.pairwise_kernel.gaussian_affinity_apply` (dense mode: fused attention, O(N)
+  :func:`weakseg.ops.pairwise_kernel.gaussian_affinity_apply` (dense mode: fused attention, O(N)
   memory, O(N²) work per application: meant for a GPU or small grids). ``pydensecrf`` evaluates a
   permutohedral-lattice approximation (lumpy, with an approximate self weight), so the two agree closely
   but not exactly: ≥ 98% of the argmax labels (tests/postprocess/test_crf.py).
@@ -54,8 +54,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from weakseg.losses.pairwise_kernel import gaussian_affinity_apply, kernel_features_rgbxy
 from weakseg.ops.lattice import BACKENDS, LatticeOperator, PermutohedralLattice, resolve_backend
+from weakseg.ops.pairwise_kernel import gaussian_affinity_apply, kernel_features_rgbxy
+from weakseg.ops.resize import resize_bilinear, scaled_size
 
 __all__ = [
     "CRFParams",
@@ -197,18 +198,6 @@ def _image_255(image_rgb: Tensor) -> Tensor:
     return image_rgb.float() * 255.0
 
 
-def _grid_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
-    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
-
-
-def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinear resize with antialiasing when shrinking; identity at the same size."""
-    if tuple(x.shape[-2:]) == size:
-        return x
-    shrink = size[0] < x.shape[-2] or size[1] < x.shape[-1]
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=shrink)
-
-
 def _prepare(
     scores: Tensor, image_rgb: Tensor, valid: Tensor | None, params: CRFParams, input_type: InputType
 ) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -222,11 +211,14 @@ def _prepare(
         raise ValueError(f"valid must be [B, H, W] = {(b, h, w)}, got {tuple(valid.shape)}")
     unary = _to_unary(scores, input_type, params.prob_clip)
     image = _image_255(image_rgb.to(unary.device))
-    grid = _grid_size((h, w), params.scale)
+    grid = scaled_size((h, w), params.scale)
     # the unary is averaged in energy (log-probability) space when the grid shrinks
-    unary, image = _resize(unary, grid), _resize(image, grid)
+    unary, image = resize_bilinear(unary, grid, antialias=True), resize_bilinear(image, grid, antialias=True)
     if valid is not None:
-        valid = _resize(valid.to(unary.device).float().unsqueeze(1), grid).squeeze(1) >= 0.5
+        valid = (
+            resize_bilinear(valid.to(unary.device).float().unsqueeze(1), grid, antialias=True).squeeze(1)
+            >= 0.5
+        )
     return unary, image, valid
 
 
@@ -467,7 +459,7 @@ def dense_crf(
     grid_scale = unary.shape[-1] / size[1]  # the actual resize factor (rounded grid)
     q = _mean_field(unary, image255, valid_grid, params, iters, grid_scale)
     if q.shape[-2:] != size:
-        q = _resize(q, size)
+        q = resize_bilinear(q, size, antialias=True)
         q = q / q.sum(1, keepdim=True)  # bilinear weights sum to 1; this only removes rounding
     return q
 
@@ -590,6 +582,6 @@ def pydensecrf_reference(
         outs.append(torch.from_numpy(np.array(crf.inference(iters), dtype=np.float32)).reshape(k, h, w))
     q = torch.stack(outs)
     if q.shape[-2:] != size:
-        q = _resize(q, size)
+        q = resize_bilinear(q, size, antialias=True)
         q = q / q.sum(1, keepdim=True)
     return q.to(scores.device)
