@@ -135,6 +135,7 @@ def time_joint_steps(cfg, run_dir: Path, device: torch.device, count: int) -> fl
 
     from weakseg.builders import build_dataset, build_method_for, method_requires
     from weakseg.engine.trainer import load_trained_model, move_batch
+    from weakseg.methods import run_model
 
     dataset = build_dataset(cfg, cfg.data.train_split, train=True, requires=method_requires(cfg))
     model, _, _ = load_trained_model(run_dir / "last.ckpt", device)
@@ -154,7 +155,8 @@ def time_joint_steps(cfg, run_dir: Path, device: torch.device, count: int) -> fl
         model.zero_grad(set_to_none=True)
         _sync(device)
         start = time.perf_counter()
-        losses = method(method.run_model(model, batch), batch)
+        batch, outputs = run_model(method, model, batch)
+        losses = method(outputs, batch)
         torch.stack([v.float() for v in losses.values()]).sum().backward()
         _sync(device)
         if i:

@@ -432,21 +432,20 @@ class TrainStep:
 
     def __init__(self, cfg: Any, classes: int, device: torch.device) -> None:
         from weakseg.builders import build_model
-        from weakseg.engine.optim import build_optimizer
+        from weakseg.engine.optim import build_optimizer, training_param_groups
         from weakseg.engine.trainer import TrainModule, autocast_context
-        from weakseg.methods import build_method
+        from weakseg.methods import BindsModel, build_method
 
         self.cfg, self.device = cfg, device
         torch.manual_seed(0)
         model = build_model(cfg, classes, background=0, pretrained=False)
         method = build_method(cfg.method, num_classes=classes, background=0)
-        method.setup(model)
+        if isinstance(method, BindsModel):
+            method.setup(model)
         self.module = TrainModule(model, method).to(device)
         if cfg.model.channels_last:
             self.module = self.module.to(memory_format=torch.channels_last)
-        groups = model.param_groups()
-        groups["method"] = list(method.parameters())
-        self.optimizer = build_optimizer(groups, cfg.optim)
+        self.optimizer = build_optimizer(training_param_groups(model, method), cfg.optim)
         self.autocast, _ = autocast_context(cfg.train.amp, device)
         self.batch = _synthetic_batch(cfg, classes, device)
         method.set_progress(1, 2)  # past every warm-up (dfr's deep kernel is on)

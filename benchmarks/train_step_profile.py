@@ -11,7 +11,7 @@ data.read        ``SegDataset.load_raw``: image and label files decoded and chec
 data.tags        ``SegDataset.tags_of`` (cached per sample after its first read)
 data.augment     the training transform (resize, scale, rotate, crop, flip, ...)
 data.tensor      ``to_tensors`` and the default collate function
-forward          ``method.prepare_batch`` + ``method.run_model`` (the segmentor's forward)
+forward          ``weakseg.methods.run_model``: the method's batch preparation and forward pass(es)
 loss             the method's loss terms (``method(outputs, batch)``)
 backward         ``loss.backward()``
 optimizer        learning rate, ``zero_grad``, gradient norm (clip or guard) and ``optimizer.step``
@@ -63,7 +63,7 @@ from weakseg.builders import build_dataset, build_method_for, build_model, metho
 from weakseg.config import load_config  # noqa: E402
 from weakseg.data.base import to_tensors  # noqa: E402
 from weakseg.engine.depthwise import FastDepthwise  # noqa: E402
-from weakseg.engine.optim import apply_lr, build_optimizer  # noqa: E402
+from weakseg.engine.optim import apply_lr, build_optimizer, training_param_groups  # noqa: E402
 from weakseg.engine.sampling import StepBatchSampler  # noqa: E402
 from weakseg.engine.trainer import (  # noqa: E402
     TrainModule,
@@ -72,6 +72,7 @@ from weakseg.engine.trainer import (  # noqa: E402
     seed_everything,
     use_channels_last,
 )
+from weakseg.methods import AddsSampleMaps, BindsModel, run_model  # noqa: E402
 
 PHASES = ("data.read", "data.tags", "data.augment", "data.tensor", "forward", "loss", "backward", "optimizer")
 
@@ -132,16 +133,16 @@ def profile(
             train_set.load_raw(index)
     model = build_model(cfg, train_set.num_classes, background=train_set.background, pretrained=True)
     method = build_method_for(cfg, train_set)
-    for key, fn in method.dataset_maps().items():
-        train_set.add_map(key, fn)
-    method.setup(model)
+    if isinstance(method, AddsSampleMaps):
+        for key, fn in method.dataset_maps().items():
+            train_set.add_map(key, fn)
+    if isinstance(method, BindsModel):
+        method.setup(model)
     module = TrainModule(model, method)
     channels_last = use_channels_last(cfg, torch.device("cpu"))
     if channels_last:
         module = module.to(memory_format=torch.channels_last)
-    groups = model.param_groups()
-    groups["method"] = list(method.parameters())
-    optimizer = build_optimizer(groups, cfg.optim)
+    optimizer = build_optimizer(training_param_groups(model, method), cfg.optim)
     trainable = [p for p in module.parameters() if p.requires_grad]
     total = cfg.train.steps
     sampler = iter(StepBatchSampler(len(train_set), cfg.train.batch_size, total, seed=cfg.train.seed))
@@ -162,8 +163,7 @@ def profile(
         t = time.process_time()
         method.set_progress(step, total)
         with FastDepthwise() if cfg.train.fast_depthwise else contextlib.nullcontext():  # as the trainer
-            batch = method.prepare_batch(batch)
-            outputs = method.run_model(model, batch)
+            batch, outputs = run_model(method, model, batch)
             t = timer.add("forward", t)
             losses = method(outputs, batch)
             loss = torch.stack([v.float() for v in losses.values()]).sum()

@@ -11,7 +11,7 @@ from weakseg.config import (
     load_config,
     to_yaml,
 )
-from weakseg.methods import get_method_class
+from weakseg.methods import get_method_class, model_kind
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -143,7 +143,7 @@ def test_shipped_config_names_say_what_they_are(path):
         assert dataset in cfg.data.root.replace("-", ""), (dataset, cfg.data.root)
     else:
         assert dataset == cfg.data.format
-    classifier = get_method_class(cfg.method["name"]).model_kind == "classifier"  # no use of model.head
+    classifier = model_kind(get_method_class(cfg.method["name"])) == "classifier"  # no use of model.head
     head = "cls" if classifier else HEAD_TOKENS[cfg.model.head]
     assert model == f"{BACKBONE_TOKENS[cfg.model.backbone]}-{head}"
     assert crop == "{}x{}".format(*cfg.data.crop_size)

@@ -23,9 +23,10 @@ PACKAGE = SRC / "weakseg"
 #: these (engine, builders, tools, cli*, annotate) may import them; they never import upward.
 ALLOWED = {
     "weakseg.ops": set(),
+    "weakseg.registry": {"weakseg.io"},
     "weakseg.losses": {"weakseg.ops"},
     "weakseg.postprocess": {"weakseg.ops"},
-    "weakseg.models": {"weakseg.ops", "weakseg.io", "weakseg.compat"},
+    "weakseg.models": {"weakseg.ops", "weakseg.registry", "weakseg.io", "weakseg.compat"},
     "weakseg.cam": {"weakseg.ops", "weakseg.postprocess", "weakseg.metrics", "weakseg.io"},
     "weakseg.methods": {
         "weakseg.ops",
@@ -34,6 +35,7 @@ ALLOWED = {
         "weakseg.cam",
         "weakseg.postprocess",
         "weakseg.metrics",
+        "weakseg.registry",
         "weakseg.io",
         "weakseg.data",
     },

@@ -9,13 +9,16 @@ from __future__ import annotations
 import inspect
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
 from weakseg.config import Config, ConfigError
-from weakseg.data import COCODataset, FolderDataset, SegDataset, VOCDataset
+from weakseg.data import SegDataset
+from weakseg.data.formats import create_dataset
 from weakseg.data.transforms import IMAGENET_MEAN_RGB, build_eval_transform, build_train_transform
 from weakseg.methods import Method, build_method, get_method_class
+from weakseg.methods.base import BuildsModel, model_kind
 from weakseg.models import create_segmentor
 
 
@@ -27,26 +30,17 @@ def build_dataset(cfg: Config, split: str, *, train: bool, requires: Iterable[st
     """
     d = cfg.data
     requires = set(requires)
-    load_masks = not train or "mask" in requires
-    if d.format == "folder":
-        dataset: SegDataset = FolderDataset(
-            d.root,
-            split,
-            load_masks=load_masks,
-            load_pseudo=train and "pseudo" in requires,
-            tags_source=d.tags,
-        )
-    elif d.format == "voc":
-        dataset = VOCDataset(
-            d.root,
-            split,
-            scribbles=d.scribbles if (not train or "scribble" in requires) else None,
-            scribble_width=d.scribble_width,
-            load_masks=load_masks,
-            tags_source=d.tags,
-        )
-    else:
-        dataset = COCODataset(d.root, split, load_masks=load_masks, tags_source=d.tags)
+    dataset = create_dataset(
+        d.format,
+        d.root,
+        split,
+        load_masks=not train or "mask" in requires,
+        scribbles="load" if (not train or "scribble" in requires) else None,
+        pseudo=train and "pseudo" in requires,
+        tags_source=d.tags,
+        scribble_format=d.scribbles,
+        scribble_width=d.scribble_width,
+    )
     dataset.seed = cfg.train.seed
     if train:
         # grey images (MRI, CT) are padded with black, their background; colour images with the
@@ -98,15 +92,21 @@ def method_requires(cfg: Config) -> tuple[str, ...]:
 def build_model(
     cfg: Config, num_classes: int, *, background: int | None = 0, pretrained: bool = True
 ) -> nn.Module:
-    """The network the configured method trains: a segmentor, a CAM classifier for
-    image-level methods (``Method.model_kind == "classifier"``; ``model.head`` is then ignored), or a
-    single-stage network (``"single_stage"``: shared backbone, CAM branch and segmentation head).
+    """The network the configured method trains: a segmentor, or the network of a method that
+    :class:`~weakseg.methods.base.BuildsModel` (a CAM classifier for image-level methods, where
+    ``model.head`` is ignored; a single-stage network: shared backbone, CAM branch and segmentation head).
 
     ``pretrained=False`` skips weight loading (when a checkpoint's weights follow).
     """
     m = cfg.model
     check_model_config(cfg)
-    common = dict(
+    head_kwargs = aspp_head_kwargs(cfg)
+    if m.head_channels is not None:
+        head_kwargs["channels"] = m.head_channels
+    options: dict[str, Any] = dict(
+        backbone=m.backbone,
+        head=m.head,
+        head_kwargs=head_kwargs,
         num_classes=num_classes,
         pretrained=m.pretrained if pretrained else None,
         output_stride=m.output_stride,
@@ -114,23 +114,10 @@ def build_model(
         freeze_bn=m.freeze_bn,
     )
     method_cls = get_method_class(cfg.method["name"])
-    if method_cls.model_kind == "classifier":
-        from weakseg.models.classifier import create_cam_classifier
-
-        return create_cam_classifier(
-            backbone=m.backbone, background=background, **common, **method_cls.model_kwargs(cfg.method)
-        )
-    head_kwargs = aspp_head_kwargs(cfg)
-    if m.head_channels is not None:
-        head_kwargs["channels"] = m.head_channels
     try:
-        if method_cls.model_kind == "single_stage":  # shared backbone: CAM branch + segmentation head
-            from weakseg.models.single_stage import create_single_stage
-
-            return create_single_stage(
-                backbone=m.backbone, head=m.head, head_kwargs=head_kwargs, background=background, **common
-            )
-        return create_segmentor(backbone=m.backbone, head=m.head, head_kwargs=head_kwargs, **common)
+        if isinstance(method_cls, BuildsModel):
+            return method_cls.build_model(cfg.method, background=background, **options)
+        return create_segmentor(**options)
     except TypeError as err:
         if head_kwargs and "channels" in str(err):
             raise ConfigError(
@@ -151,7 +138,7 @@ def check_model_config(cfg: Config) -> None:
         raise ConfigError(
             f"config key 'model.backbone' is '{m.backbone}'; expected one of {', '.join(sorted(BACKBONES))}"
         )
-    if get_method_class(cfg.method["name"]).model_kind != "classifier" and m.head not in HEADS:
+    if model_kind(get_method_class(cfg.method["name"])) != "classifier" and m.head not in HEADS:
         raise ConfigError(
             f"config key 'model.head' is '{m.head}'; expected one of {', '.join(sorted(HEADS))}"
         )

@@ -225,14 +225,38 @@ def _default_of(field: dataclasses.Field) -> object:
     return None
 
 
+def _print_listing(descriptions: dict[str, str]) -> None:
+    """One line a name: the name, padded, and its one-line description."""
+    width = max(map(len, descriptions), default=0)
+    for name, description in descriptions.items():
+        print(f"  {name:{width}s}  {description}")
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
     from weakseg.methods import METHODS
 
-    for name in sorted(METHODS):
+    for name, description in METHODS.descriptions().items():
         cls = METHODS[name]
-        doc = (cls.__doc__ or "").strip().splitlines()[0]
-        params = ", ".join(f"{f.name}={_default_of(f)!r}" for f in dataclasses.fields(cls.Params))
-        print(f"{name:10s} {doc}\n{'':10s} needs: {', '.join(cls.requires) or '-'}; params: {params or '-'}")
+        params = ", ".join(f"{f.name}={_default_of(f)!r}" for f in dataclasses.fields(cls.Params)) or "-"
+        print(f"{name:10s} {description}\n{'':10s} needs: {', '.join(cls.requires) or '-'}; params: {params}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from weakseg.models import BACKBONES, HEADS
+
+    print("backbones (model.backbone):")
+    _print_listing(BACKBONES.descriptions())
+    print("heads (model.head):")
+    _print_listing(HEADS.descriptions())
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from weakseg.data.formats import DATASETS
+
+    print("dataset formats (data.format):")
+    _print_listing(DATASETS.descriptions())
     return 0
 
 
@@ -330,6 +354,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("methods", help="list the training methods and their parameters")
     p.set_defaults(func=cmd_methods)
+    p = sub.add_parser("models", help="list the backbones and segmentation heads")
+    p.set_defaults(func=cmd_models)
+    p = sub.add_parser("datasets", help="list the dataset formats")
+    p.set_defaults(func=cmd_datasets)
 
     p = sub.add_parser(
         "convert-checkpoint",

@@ -22,23 +22,16 @@ def _new_dataset_folder(path: str, overwrite: bool) -> None:
 
 
 def _splits_of(root: str, fmt: str) -> list[str]:
-    from weakseg.data.coco import coco_splits
-    from weakseg.data.folder import list_splits
-    from weakseg.data.voc import voc_splits
+    from weakseg.data.formats import dataset_splits
 
-    return {"voc": voc_splits, "coco": coco_splits}.get(fmt, list_splits)(root)
+    return dataset_splits(fmt, root)
 
 
 def _open_dataset(root: str, split: str, fmt: str):
-    from weakseg.data import COCODataset, FolderDataset, VOCDataset
+    """The dataset with every label map it has (VOC: scribbles when their PNG folder is there)."""
+    from weakseg.data.formats import create_dataset
 
-    if fmt == "voc":
-        return VOCDataset(
-            root, split, scribbles="png" if (Path(root) / "pascal_2012_scribble").is_dir() else None
-        )
-    if fmt == "coco":
-        return COCODataset(root, split)
-    return FolderDataset(root, split)
+    return create_dataset(fmt, root, split, scribbles="if_present")
 
 
 def cmd_synthetic(args: argparse.Namespace) -> int:

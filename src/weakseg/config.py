@@ -29,7 +29,7 @@ class ConfigError(ValueError):
 class DataConfig:
     """Where the data is and how training samples are augmented."""
 
-    format: str = "folder"  # folder | voc | coco
+    format: str = "folder"  # a registered dataset format (weakseg datasets): folder | voc | coco
     root: str = "demo_data/synthetic"
     train_split: str = "train"
     val_split: str = "val"
@@ -274,8 +274,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 def _check_values(cfg: Config) -> None:
     """Value checks that a type alone cannot express."""
+    from weakseg.data.formats import DATASETS
+
     choices = {
-        "data.format": (cfg.data.format, ("folder", "voc", "coco")),
+        "data.format": (cfg.data.format, tuple(DATASETS.names())),
         "data.scribbles": (cfg.data.scribbles, ("png", "xml")),
         "optim.name": (cfg.optim.name, ("sgd", "adamw")),
         "optim.schedule": (cfg.optim.schedule, ("poly", "warmup_cosine", "constant")),

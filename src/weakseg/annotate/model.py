@@ -40,11 +40,11 @@ class Predictor:
         from weakseg.engine.checkpoint import CheckpointError
         from weakseg.engine.inference import inference_options
         from weakseg.engine.trainer import load_trained_model
-        from weakseg.methods import get_method_class
+        from weakseg.methods import get_method_class, model_kind
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model, cfg, meta = load_trained_model(checkpoint, self.device)
-        if get_method_class(cfg.method["name"]).model_kind == "classifier":
+        if model_kind(get_method_class(cfg.method["name"])) == "classifier":
             raise CheckpointError(
                 f"checkpoint {checkpoint} is an image-level classifier ({cfg.method['name']}); the overlay "
                 "needs a segmenter (pce, rloss, full, ... or aal)"

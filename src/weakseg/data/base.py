@@ -33,11 +33,12 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
 
+from weakseg.data.sample import Sample
 from weakseg.data.tags import load_tags_file, resolve_background, tags_from_label, with_background
 from weakseg.io import DataError, WeaksegWarning, check_sample_id, read_image_rgb, read_label
 
@@ -474,7 +475,8 @@ class SegDataset(torch.utils.data.Dataset):
         except OSError as err:
             raise DataError(f"cannot read image {path}: {err}") from err
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int) -> Sample:
+        """The transformed sample ``index`` as tensors (:class:`~weakseg.data.sample.Sample`)."""
         i = self._index(index)
         raw = self.load_raw(i)
         tags = self.tags_of(i, raw) if self.has("tags") else None
@@ -492,7 +494,7 @@ class SegDataset(torch.utils.data.Dataset):
             out["tags"] = torch.from_numpy(tags)
         out["id"] = self.ids[i]
         out["size"] = torch.tensor(size, dtype=torch.int64)
-        return out
+        return cast(Sample, out)
 
     # ------------------------------------------------------------------ checking
     def _check_sample(self, index: int) -> list[str]:

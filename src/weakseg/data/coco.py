@@ -43,6 +43,7 @@ from weakseg.data.base import (
     pattern_source,
     read_split_file,
 )
+from weakseg.data.formats import DatasetOptions, register_dataset
 from weakseg.io import DataError, atomic_save_label_png
 
 COCO_CLASSES: tuple[str, ...] = (
@@ -78,6 +79,7 @@ def coco_splits(root: str | os.PathLike) -> list[str]:
     return sorted(names)
 
 
+@register_dataset("coco", description="COCO 2014 from label PNGs (weakseg data coco-labels), 81 classes")
 class COCODataset(SegDataset):
     """COCO 2014 semantic segmentation from label PNGs (see the module doc); background = 0.
 
@@ -87,6 +89,13 @@ class COCODataset(SegDataset):
         load_masks: include the label PNGs as "mask" (they remain the tags source otherwise).
         tags_source: "auto"/"masks" (from the label PNGs), a ``.npy`` / ``.csv`` path, or "none".
     """
+
+    @classmethod
+    def from_options(cls, root: str | os.PathLike, split: str, options: DatasetOptions) -> COCODataset:
+        """COCO (:class:`~weakseg.data.formats.DatasetFormat`): masks and tags only."""
+        return cls(root, split, load_masks=options.load_masks, tags_source=options.tags_source)
+
+    splits = staticmethod(coco_splits)
 
     def __init__(
         self,

@@ -43,6 +43,7 @@ from weakseg.data.base import (
     pattern_source,
     read_split_file,
 )
+from weakseg.data.formats import DatasetOptions, register_dataset
 from weakseg.data.tags import resolve_background
 from weakseg.io import DataError, atomic_write_json, atomic_write_text, read_json
 
@@ -204,6 +205,7 @@ def list_splits(root: str | os.PathLike) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.txt")) if folder.is_dir() else []
 
 
+@register_dataset("folder", description="the generic folder format: dataset.json, label PNG folders, splits/")
 class FolderDataset(SegDataset):
     """A dataset in the generic folder format (see the module doc).
 
@@ -217,6 +219,21 @@ class FolderDataset(SegDataset):
             to a ``.npy`` / ``.csv`` tags file, or "none".
         seed: base seed of the per-sample augmentation generators.
     """
+
+    @classmethod
+    def from_options(cls, root: str | os.PathLike, split: str, options: DatasetOptions) -> FolderDataset:
+        """The folder-format dataset (:class:`~weakseg.data.formats.DatasetFormat`): every label map its
+        layout has, scribbles unless ``options.scribbles`` is "off"."""
+        return cls(
+            root,
+            split,
+            load_masks=options.load_masks,
+            load_scribbles=options.scribbles != "off",
+            load_pseudo=options.pseudo,
+            tags_source=options.tags_source,
+        )
+
+    splits = staticmethod(list_splits)
 
     def __init__(
         self,

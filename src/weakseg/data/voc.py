@@ -34,6 +34,7 @@ from weakseg.data.base import (
     pattern_source,
     read_split_file,
 )
+from weakseg.data.formats import DatasetOptions, register_dataset
 from weakseg.io import DataError, atomic_save_label_png
 
 VOC_CLASSES: tuple[str, ...] = (
@@ -99,6 +100,7 @@ def _first_field_id(line: str) -> str:
     return Path(line.split()[0]).stem
 
 
+@register_dataset("voc", description="PASCAL VOC 2012 (+ SBD masks, + ScribbleSup scribbles), 21 classes")
 class VOCDataset(SegDataset):
     """PASCAL VOC 2012 (+ SBD masks, + ScribbleSup scribbles); 21 classes, background = 0.
 
@@ -114,6 +116,25 @@ class VOCDataset(SegDataset):
             "scribbles", a ``.npy`` / ``.csv`` path, or "none".
         scribble_dir: override the scribble folder name.
     """
+
+    @classmethod
+    def from_options(cls, root: str | os.PathLike, split: str, options: DatasetOptions) -> VOCDataset:
+        """VOC (:class:`~weakseg.data.formats.DatasetFormat`); scribbles in ``options.scribble_format``
+        when asked to "load" them, or "if_present" and their folder exists (by default not)."""
+        fmt = options.scribble_format
+        load = options.scribbles == "load" or (
+            options.scribbles == "if_present" and (Path(root) / SCRIBBLE_DIRS.get(fmt, fmt)).is_dir()
+        )
+        return cls(
+            root,
+            split,
+            scribbles=fmt if load else None,  # type: ignore[arg-type]
+            scribble_width=options.scribble_width,
+            load_masks=options.load_masks,
+            tags_source=options.tags_source,
+        )
+
+    splits = staticmethod(voc_splits)
 
     def __init__(
         self,

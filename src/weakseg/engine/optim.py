@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from weakseg.config import OptimConfig
+from weakseg.methods.base import Method, TrainsOwnLayers
 
 
 def build_optimizer(groups: dict[str, list[nn.Parameter]], cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -34,6 +35,15 @@ def build_optimizer(groups: dict[str, list[nn.Parameter]], cfg: OptimConfig) -> 
     return torch.optim.AdamW(
         param_groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, **fused
     )
+
+
+def training_param_groups(model: nn.Module, method: Method) -> dict[str, list[nn.Parameter]]:
+    """The network's groups (``model.param_groups()``: "backbone", "head") and those of a method that
+    :class:`~weakseg.methods.base.TrainsOwnLayers` (e.g. "method"), in that order."""
+    groups: dict[str, list[nn.Parameter]] = model.param_groups()  # type: ignore[operator]
+    if isinstance(method, TrainsOwnLayers):
+        groups.update(method.param_groups())
+    return groups
 
 
 def use_fused(cfg: OptimConfig, params: list[nn.Parameter]) -> bool:

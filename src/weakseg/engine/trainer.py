@@ -1,7 +1,7 @@
-"""The training loop shared by every method.
+"""The training loop shared by every method: :class:`Trainer`, run by :func:`train`.
 
-One step: load a batch → model forward → method turns outputs + labels into named loss terms →
-backward on their sum → optimiser step. Around it: per-step learning rate, autocast, gradient
+One step (:meth:`Trainer.step`): load a batch → model forward → method turns outputs + labels into named
+loss terms → backward on their sum → optimiser step. Around it: per-step learning rate, autocast, gradient
 clipping, periodic logging / validation / checkpoints, exact resume and DDP under torchrun.
 Nothing in the step reads values back to the host except on logging steps.
 
@@ -22,7 +22,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -34,6 +34,7 @@ from tqdm import tqdm
 from weakseg.builders import build_dataset, build_method_for, build_model, check_model_config, method_requires
 from weakseg.config import Config, config_to_dict, to_yaml
 from weakseg.data.base import SegDataset
+from weakseg.data.sample import Batch
 from weakseg.engine.checkpoint import (
     CheckpointError,
     NonFiniteWeightsError,
@@ -49,31 +50,39 @@ from weakseg.engine.distributed import DistInfo, barrier, cleanup_distributed, r
 from weakseg.engine.evaluation import evaluate, write_evaluation_report
 from weakseg.engine.guards import NonFiniteGuard, nonfinite_hint, reraise_worker_errors
 from weakseg.engine.inference import inference_options, predict_labels
-from weakseg.engine.optim import apply_lr, build_optimizer
+from weakseg.engine.optim import apply_lr, build_optimizer, training_param_groups
 from weakseg.engine.preflight import preflight
 from weakseg.engine.run_folder import check_run_dir, claim_run_dir
 from weakseg.engine.sampling import EpochIndexed, StepBatchSampler
 from weakseg.io import WeaksegWarning, append_text, atomic_write_json, atomic_write_text, safe_join
-from weakseg.methods import Method
+from weakseg.methods import (
+    AdaptsEvaluation,
+    AddsSampleMaps,
+    BindsModel,
+    FitsDataset,
+    LogsValues,
+    Method,
+    run_model,
+)
 from weakseg.models import Segmentor
+from weakseg.models.outputs import ModelOutputs
 
 
 class TrainModule(nn.Module):
-    """Segmentor + method in one module, so DDP sees every trainable parameter."""
+    """Network + method in one module, so DDP sees every trainable parameter."""
 
-    def __init__(self, model: Segmentor, method: Method):
+    def __init__(self, model: nn.Module, method: Method):
         super().__init__()
         self.model = model
         self.method = method
 
-    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        batch = self.method.prepare_batch(batch)
-        outputs = self.method.run_model(self.model, batch)
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        batch, outputs = run_model(self.method, self.model, batch)
         logits = outputs.get("logits")
         if isinstance(logits, torch.Tensor) and not logits.is_contiguous():
             # channels-last logits (K channels at the head's stride: a small copy) back to NCHW, where
             # the losses' upsampling, softmax and cross-entropy run faster on CPU
-            outputs = {**outputs, "logits": logits.contiguous()}
+            outputs = cast(ModelOutputs, {**outputs, "logits": logits.contiguous()})
         return self.method(outputs, batch)
 
 
@@ -125,8 +134,9 @@ def use_channels_last(cfg: Config, device: torch.device) -> bool:
     return bool(cfg.model.channels_last)
 
 
-def move_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+def move_batch(batch: Batch, device: torch.device) -> Batch:
+    moved = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    return cast(Batch, moved)
 
 
 def selection_score(metrics: dict[str, Any]) -> float:
@@ -234,7 +244,7 @@ def _run_validation(
     method: Method | None = None,
 ) -> dict[str, Any]:
     """The method's own validation when it has one, else segmentation metrics of ``model``."""
-    if method is not None:
+    if isinstance(method, AdaptsEvaluation):
         metrics = method.validate(model, dataset, cfg.eval, device)
         if metrics is not None:
             return metrics
@@ -274,14 +284,11 @@ def train(
     info = setup_distributed(device)
     try:
         with contextlib.ExitStack() as cleanup:
-            return _train(
-                cfg,
-                info,
-                resume=resume,
-                overwrite=overwrite,
-                progress=progress and info.is_main,
-                cleanup=cleanup,
+            trainer = Trainer(
+                cfg, info, resume=resume, overwrite=overwrite, progress=progress and info.is_main
             )
+            trainer.setup(cleanup)
+            return trainer.run()
     finally:
         cleanup_distributed(info)
 
@@ -300,245 +307,376 @@ def check_resume_compatible(
     check_classes(ckpt.get("classes"), train_set, path)
 
 
-def _train(
-    cfg: Config,
-    info: DistInfo,
-    *,
-    resume: str | Path | None,
-    overwrite: bool,
-    progress: bool,
-    cleanup: contextlib.ExitStack,
-) -> TrainResult:
-    dev = info.device
-    run_dir = cfg.run_dir
-    check_model_config(cfg)  # unknown backbone / head: stop before any work
-    if info.is_main:  # refuse a clobbered or busy folder before any work (nothing is written yet)
-        check_run_dir(run_dir, resume=resume is not None, overwrite=overwrite)
-    seed_everything(cfg.train.seed)
-    if cfg.train.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
+@dataclass
+class StepResult:
+    """What one optimisation step leaves on the device for logging (nothing is read back to the host)."""
 
-    requires = method_requires(cfg)
-    train_set = build_dataset(cfg, cfg.data.train_split, train=True, requires=requires)
-    train_set.cache_decoded(cfg.data.cache_mb / max(1, cfg.data.num_workers))  # per loading process
-    val_set = build_dataset(cfg, cfg.data.val_split, train=False, requires=("mask",))
-    preflight(cfg, train_set, val_set, world_size=info.world_size)
+    loss: torch.Tensor  # the optimised sum, float32 scalar
+    losses: dict[str, torch.Tensor]  # the method's weighted terms
+    lr: float  # the backbone's learning rate of this step
+    images: int  # images in this process's batch
 
-    ckpt = load_checkpoint(resume, map_location="cpu") if resume else None
-    if ckpt is not None:
-        assert resume is not None
-        check_resume_compatible(ckpt, cfg, train_set, resume)
-    if info.is_main:
-        lock = claim_run_dir(run_dir, resume=resume is not None, overwrite=overwrite)
-        cleanup.callback(lock.release)
-    model = build_model(cfg, train_set.num_classes, background=train_set.background, pretrained=ckpt is None)
-    method = build_method_for(cfg, train_set)
-    for key, map_fn in method.dataset_maps().items():
-        train_set.add_map(key, map_fn)
-    method.setup(model)
-    fitted = method.fit_dataset(train_set, batch_size=cfg.train.batch_size, progress=progress)
-    if fitted is not None and info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_dir / "dataset_statistics.json", fitted)
-    module = TrainModule(model, method).to(dev)
-    channels_last = use_channels_last(cfg, dev)
-    if channels_last:
-        module = module.to(memory_format=torch.channels_last)
-    groups = model.param_groups()
-    groups["method"] = list(method.parameters())
-    optimizer = build_optimizer(groups, cfg.optim)
-    autocast, use_scaler = autocast_context(cfg.train.amp, dev)
-    scaler = torch.amp.GradScaler(dev.type, enabled=use_scaler)
 
-    start_step, best_score = 0, -math.inf
-    if ckpt is not None:
-        assert resume is not None
-        load_state(module.model, ckpt["model"], resume, "model")
-        load_state(module.method, ckpt.get("method", {}), resume, f"method '{cfg.method['name']}'")
+@dataclass
+class Throughput:
+    """Images per second between two log rows, leaving out the time spent validating."""
+
+    start: float = field(default_factory=time.monotonic)
+    images: int = 0
+    paused: float = 0.0
+
+    def rate(self) -> float:
+        return self.images / max(time.monotonic() - self.start - self.paused, 1e-9)
+
+    def restart(self) -> None:
+        self.start, self.images, self.paused = time.monotonic(), 0, 0.0
+
+
+class Trainer:
+    """One training run in named steps: :meth:`setup` (checks, data, network and method, optimiser,
+    resumed state, outputs, loader, speed settings), :meth:`step` (one optimisation step),
+    :meth:`validate`, :meth:`checkpoint` / :meth:`restore` (save / resume) and :meth:`finish` (final
+    validation and reports); :meth:`run` is the loop. :func:`train` runs one inside the distributed
+    setup (``info``)."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        info: DistInfo,
+        *,
+        resume: str | Path | None = None,
+        overwrite: bool = False,
+        progress: bool = True,
+    ) -> None:
+        self.cfg, self.info, self.dev = cfg, info, info.device
+        self.run_dir = cfg.run_dir
+        self.resume_path, self.overwrite, self.progress = resume, overwrite, progress
+        self.start_step = self.global_step = 0
+        self.best_score = -math.inf
+        self.last_saved: int | None = None  # step of the newest last.ckpt written
+        self.log: MetricsLog | None = None
+
+    # ------------------------------------------------------------------ setup
+
+    def setup(self, cleanup: contextlib.ExitStack) -> None:
+        """Everything before the first step, in an order that keeps resumes exact; the run folder's
+        lock is released by ``cleanup``."""
+        self._check_and_seed()
+        self._build_data()
+        ckpt = self._read_checkpoint()
+        if self.info.is_main:
+            lock = claim_run_dir(self.run_dir, resume=self.resume_path is not None, overwrite=self.overwrite)
+            cleanup.callback(lock.release)
+        self._build_module(pretrained=ckpt is None)
+        self._build_optimizer()
+        if ckpt is not None:
+            self.restore(ckpt)
+        self._open_outputs(resumed=ckpt is not None)
+        self._build_loader()
+        self._apply_speed_settings()
+        if ckpt is not None:
+            set_rng_state(ckpt["rng"])  # last, so nothing above consumes the restored stream
+            self.last_saved = self.start_step
+        self.guard = NonFiniteGuard(self.dev, check_grads=not self.use_scaler)  # fp16: the scaler handles inf
+        self.hint = nonfinite_hint(self.cfg.train.amp, self.cfg.optim.lr, self.cfg.optim.grad_clip)
+        self.trainable = [p for p in self.module.parameters() if p.requires_grad]
+
+    def _check_and_seed(self) -> None:
+        check_model_config(self.cfg)  # unknown backbone / head: stop before any work
+        if self.info.is_main:  # refuse a clobbered or busy folder before any work (nothing is written yet)
+            check_run_dir(self.run_dir, resume=self.resume_path is not None, overwrite=self.overwrite)
+        seed_everything(self.cfg.train.seed)
+        if self.cfg.train.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+
+    def _build_data(self) -> None:
+        cfg = self.cfg
+        self.train_set = build_dataset(cfg, cfg.data.train_split, train=True, requires=method_requires(cfg))
+        self.train_set.cache_decoded(cfg.data.cache_mb / max(1, cfg.data.num_workers))  # per loading process
+        self.val_set = build_dataset(cfg, cfg.data.val_split, train=False, requires=("mask",))
+        preflight(cfg, self.train_set, self.val_set, world_size=self.info.world_size)
+
+    def _read_checkpoint(self) -> dict[str, Any] | None:
+        if not self.resume_path:
+            return None
+        ckpt = load_checkpoint(self.resume_path, map_location="cpu")
+        check_resume_compatible(ckpt, self.cfg, self.train_set, self.resume_path)
+        return ckpt
+
+    def _build_module(self, pretrained: bool) -> None:
+        """The network and the method as one module on the device."""
+        cfg, data = self.cfg, self.train_set
+        model = build_model(cfg, data.num_classes, background=data.background, pretrained=pretrained)
+        method = build_method_for(cfg, data)
+        self._prepare_method(method, model)
+        self.module = TrainModule(model, method).to(self.dev)
+        self.channels_last = use_channels_last(cfg, self.dev)
+        if self.channels_last:
+            self.module = self.module.to(memory_format=torch.channels_last)
+
+    def _prepare_method(self, method: Method, model: nn.Module) -> None:
+        """The method's capabilities that act before training: sample maps, binding to the network and
+        dataset statistics (written to ``dataset_statistics.json``)."""
+        if isinstance(method, AddsSampleMaps):
+            for key, map_fn in method.dataset_maps().items():
+                self.train_set.add_map(key, map_fn)
+        if isinstance(method, BindsModel):
+            method.setup(model)
+        if not isinstance(method, FitsDataset):
+            return
+        fitted = method.fit_dataset(
+            self.train_set, batch_size=self.cfg.train.batch_size, progress=self.progress
+        )
+        if fitted is not None and self.info.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.run_dir / "dataset_statistics.json", fitted)
+
+    def _build_optimizer(self) -> None:
+        groups = training_param_groups(self.module.model, self.module.method)
+        self.optimizer = build_optimizer(groups, self.cfg.optim)
+        self.autocast, self.use_scaler = autocast_context(self.cfg.train.amp, self.dev)
+        self.scaler = torch.amp.GradScaler(self.dev.type, enabled=self.use_scaler)
+
+    def _open_outputs(self, resumed: bool) -> None:
+        """The main process writes ``config.yaml`` and opens ``metrics.jsonl`` (cut back to the resumed
+        step)."""
+        if not self.info.is_main:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.run_dir / "config.yaml", to_yaml(self.cfg))
+        resume_step = self.start_step if resumed else None
+        self.log = MetricsLog(self.run_dir / "metrics.jsonl", resume_step, self.cfg.train.tensorboard)
+
+    def _build_loader(self) -> None:
+        """Batches whose order is a function of the step (exact resume), this process's share under DDP."""
+        cfg, info = self.cfg, self.info
+        sampler = StepBatchSampler(
+            len(self.train_set),
+            cfg.train.batch_size,
+            cfg.train.steps,
+            seed=cfg.train.seed,
+            start_step=self.start_step,
+            rank=info.rank,
+            world_size=info.world_size,
+        )
+        self.loader = DataLoader(
+            EpochIndexed(self.train_set),
+            batch_sampler=sampler,
+            num_workers=cfg.data.num_workers,
+            pin_memory=self.dev.type == "cuda",
+            persistent_workers=cfg.data.num_workers > 0,
+            generator=torch.Generator().manual_seed(cfg.train.seed),
+        )
+
+    def _apply_speed_settings(self) -> None:
+        """DDP, ``torch.compile``, the CPU allocator setting and the faster depthwise backward."""
+        t, dev = self.cfg.train, self.dev
+        self.train_module: nn.Module = self.module
+        if self.info.enabled:
+            self.train_module = DistributedDataParallel(
+                self.module,
+                device_ids=[dev.index] if dev.type == "cuda" else None,
+                find_unused_parameters=t.find_unused_parameters,
+            )
+        if t.compile:
+            self.train_module = torch.compile(self.train_module)  # type: ignore[assignment]
+        if t.keep_freed_memory and dev.type == "cpu":
+            keep_freed_memory()
+        # CPU: depthwise convolutions take the faster backward of weakseg.engine.depthwise (same forward,
+        # gradients equal to rounding); not under torch.compile, which traces the plain call
+        self.fast_depthwise = t.fast_depthwise and dev.type == "cpu" and not t.compile
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def restore(self, ckpt: dict[str, Any]) -> None:
+        """Resume: the network, method, optimiser and loss-scaler state, the step and the best score
+        (the random state is restored last, by :meth:`setup`)."""
+        path = self.resume_path
+        assert path is not None
+        load_state(self.module.model, ckpt["model"], path, "model")
+        load_state(self.module.method, ckpt.get("method", {}), path, f"method '{self.cfg.method['name']}'")
         try:
-            optimizer.load_state_dict(ckpt["optimizer"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
         except (ValueError, KeyError) as err:
             raise CheckpointError(
-                f"cannot resume from {resume}: its optimiser state does not fit ({err}); "
+                f"cannot resume from {path}: its optimiser state does not fit ({err}); "
                 "was it trained with another optim.name or model?"
             ) from None
         if "scaler" in ckpt:
-            scaler.load_state_dict(ckpt["scaler"])
-        start_step = int(ckpt["step"])
-        best_score = float(ckpt.get("best_score", -math.inf))
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.start_step = self.global_step = int(ckpt["step"])
+        self.best_score = float(ckpt.get("best_score", -math.inf))
 
-    if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
-    log = (
-        MetricsLog(run_dir / "metrics.jsonl", start_step if ckpt else None, cfg.train.tensorboard)
-        if info.is_main
-        else None
-    )
-
-    total = cfg.train.steps
-    sampler = StepBatchSampler(
-        len(train_set),
-        cfg.train.batch_size,
-        total,
-        seed=cfg.train.seed,
-        start_step=start_step,
-        rank=info.rank,
-        world_size=info.world_size,
-    )
-    loader = DataLoader(
-        EpochIndexed(train_set),
-        batch_sampler=sampler,
-        num_workers=cfg.data.num_workers,
-        pin_memory=dev.type == "cuda",
-        persistent_workers=cfg.data.num_workers > 0,
-        generator=torch.Generator().manual_seed(cfg.train.seed),
-    )
-    train_module: nn.Module = module
-    if info.enabled:
-        train_module = DistributedDataParallel(
-            module,
-            device_ids=[dev.index] if dev.type == "cuda" else None,
-            find_unused_parameters=cfg.train.find_unused_parameters,
-        )
-    if cfg.train.compile:
-        train_module = torch.compile(train_module)
-    if cfg.train.keep_freed_memory and dev.type == "cpu":
-        keep_freed_memory()
-    # CPU: depthwise convolutions take the faster backward of weakseg.engine.depthwise (same forward,
-    # gradients equal to rounding); not under torch.compile, which traces the plain call
-    fast_depthwise = cfg.train.fast_depthwise and dev.type == "cpu" and not cfg.train.compile
-    if ckpt is not None:
-        set_rng_state(ckpt["rng"])  # last, so nothing above consumes the restored stream
-
-    last_saved = start_step if ckpt is not None else None  # step of the newest last.ckpt written
-    guard = NonFiniteGuard(dev, check_grads=not use_scaler)  # fp16: the grad scaler handles inf grads
-    hint = nonfinite_hint(cfg.train.amp, cfg.optim.lr, cfg.optim.grad_clip)
-    trainable = [p for p in module.parameters() if p.requires_grad]
-
-    def checkpoint(name: str, step: int) -> None:
-        nonlocal last_saved
+    def checkpoint(self, name: str) -> None:
+        """Save the state at the current step as ``run_dir/name`` (main process)."""
+        data = self.train_set
         save_checkpoint(
-            run_dir / name,
-            model=module.model.state_dict(),
-            method=module.method.state_dict(),
-            optimizer=optimizer.state_dict(),
-            scaler=scaler.state_dict(),
-            step=step,
-            best_score=best_score,
-            config=config_to_dict(cfg),
-            classes=list(train_set.classes),
-            ignore_index=train_set.ignore_index,
-            background=train_set.background,
-            image_mode=train_set.image_mode,
+            self.run_dir / name,
+            model=self.module.model.state_dict(),
+            method=self.module.method.state_dict(),
+            optimizer=self.optimizer.state_dict(),
+            scaler=self.scaler.state_dict(),
+            step=self.global_step,
+            best_score=self.best_score,
+            config=config_to_dict(self.cfg),
+            classes=list(data.classes),
+            ignore_index=data.ignore_index,
+            background=data.background,
+            image_mode=data.image_mode,
         )
         if name == "last.ckpt":
-            last_saved = step
+            self.last_saved = self.global_step
 
-    started = time.monotonic()
-    window_start, window_images, paused = time.monotonic(), 0, 0.0
-    stopped_early = False
-    step = start_step
-    bar = tqdm(
-        total=total, initial=start_step, desc=f"train {cfg.name}", disable=not progress, dynamic_ncols=True
-    )
-    train_module.train()
-    for batch in reraise_worker_errors(loader):
-        batch = move_batch(batch, dev)
-        if channels_last:
-            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
-        lr = apply_lr(optimizer, step, total, cfg.optim)
-        module.method.set_progress(step, total)
-        with autocast, FastDepthwise() if fast_depthwise else contextlib.nullcontext():
-            losses = train_module(batch)
-        loss = torch.stack([v.float() for v in losses.values()]).sum()
-        guard.observe_losses(step + 1, losses)  # device flags only: no host sync
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        grad_norm = None
-        if cfg.optim.grad_clip:
-            scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.optim.grad_clip)
-        elif guard.check_grads:
-            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in trainable if p.grad is not None])
-        if guard.check_grads and grad_norm is not None:
-            guard.observe_grad_norm(step + 1, grad_norm)
-        scaler.step(optimizer)
-        scaler.update()
-        step += 1
-        window_images += batch["image"].shape[0] * info.world_size
-        bar.update(1)
+    # ------------------------------------------------------------------ the loop
 
-        out_of_time = (
-            cfg.train.max_minutes is not None and (time.monotonic() - started) / 60 >= cfg.train.max_minutes
+    def run(self) -> TrainResult:
+        """Steps until ``train.steps`` (or ``train.max_minutes``), then :meth:`finish`."""
+        total = self.cfg.train.steps
+        self.started = time.monotonic()
+        self.window = Throughput()
+        self.bar = tqdm(
+            total=total,
+            initial=self.start_step,
+            desc=f"train {self.cfg.name}",
+            disable=not self.progress,
+            dynamic_ncols=True,
         )
-        if info.enabled and cfg.train.max_minutes is not None:  # every process must agree on stopping
-            flag = torch.tensor(float(out_of_time), device=dev)
+        stopped_early = False
+        self.train_module.train()
+        for batch in reraise_worker_errors(self.loader):
+            result = self.step(batch)
+            self.window.images += result.images * self.info.world_size
+            self.bar.update(1)
+            out_of_time = self._out_of_time()
+            self._after_step(result, finished=self.global_step == total or out_of_time)
+            if out_of_time and self.global_step < total:
+                stopped_early = True
+                break
+        self.bar.close()
+        metrics = self.finish(stopped_early)
+        barrier(self.info)
+        return TrainResult(
+            run_dir=self.run_dir, step=self.global_step, metrics=metrics, stopped_early=stopped_early
+        )
+
+    def step(self, batch: Batch) -> StepResult:
+        """One optimisation step on a loader batch: forward, the method's loss terms, backward, gradient
+        clipping and checks, optimiser update. Nothing is read back to the host."""
+        step, total = self.global_step, self.cfg.train.steps
+        batch = move_batch(batch, self.dev)
+        if self.channels_last:
+            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+        lr = apply_lr(self.optimizer, step, total, self.cfg.optim)
+        self.module.method.set_progress(step, total)
+        with self.autocast, FastDepthwise() if self.fast_depthwise else contextlib.nullcontext():
+            losses = self.train_module(batch)
+        loss = torch.stack([v.float() for v in losses.values()]).sum()
+        self.guard.observe_losses(step + 1, losses)  # device flags only: no host sync
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self._clip_and_check_gradients(step)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.global_step += 1
+        return StepResult(loss=loss, losses=losses, lr=lr, images=batch["image"].shape[0])
+
+    def _clip_and_check_gradients(self, step: int) -> None:
+        grad_norm = None
+        if self.cfg.optim.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.cfg.optim.grad_clip)
+        elif self.guard.check_grads:
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.trainable if p.grad is not None])
+        if self.guard.check_grads and grad_norm is not None:
+            self.guard.observe_grad_norm(step + 1, grad_norm)
+
+    def _out_of_time(self) -> bool:
+        """``train.max_minutes`` reached (every process agrees under DDP)."""
+        limit = self.cfg.train.max_minutes
+        out_of_time = limit is not None and (time.monotonic() - self.started) / 60 >= limit
+        if self.info.enabled and limit is not None:
+            flag = torch.tensor(float(out_of_time), device=self.dev)
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
             out_of_time = bool(flag.item())
-        finished = step == total or out_of_time
-        log_now = step % cfg.train.log_every == 0 or step == total
-        validate_now = step % cfg.train.val_every == 0 and not finished
-        save_now = step % cfg.train.ckpt_every == 0 or finished
-        keep_now = bool(cfg.train.keep_every) and step % cfg.train.keep_every == 0
+        return out_of_time
+
+    def _after_step(self, result: StepResult, finished: bool) -> None:
+        """Logging, validation and checkpoints due at this step, after the non-finite check."""
+        step, t = self.global_step, self.cfg.train
+        log_now = step % t.log_every == 0 or step == t.steps
+        validate_now = step % t.val_every == 0 and not finished
+        save_now = step % t.ckpt_every == 0 or finished
+        keep_now = bool(t.keep_every) and step % t.keep_every == 0
         if log_now or validate_now or save_now or keep_now:
-            guard.check(step, info, last_saved, hint)  # before anything of this state is written
-
+            self.guard.check(step, self.info, self.last_saved, self.hint)  # before anything is written
         if log_now:
-            diagnostics = {k: v.detach().float() for k, v in module.method.log_values().items()}
-            values = {"loss": loss.detach(), **{k: v.detach() for k, v in losses.items()}, **diagnostics}
-            values = reduce_mean(values, info)
-            values = {k: float(v) for k, v in values.items()}
-            elapsed = time.monotonic() - window_start - paused
-            row = {"step": step, "lr": lr, **values, "images_per_s": window_images / max(elapsed, 1e-9)}
-            window_start, window_images, paused = time.monotonic(), 0, 0.0
-            if log is not None:
-                log.write(row)
-            bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{lr:.2e}")
-
+            self.log_step(result)
         if validate_now:
-            val_started = time.monotonic()
-            if info.is_main:
-                metrics = _run_validation(
-                    module.model, val_set, cfg, dev, progress=False, method=module.method
-                )
-                train_module.train()
-                assert log is not None
-                log.write(_validation_row(metrics, step))
-                score = selection_score(metrics)
-                if score > best_score:
-                    best_score = score
-                    checkpoint("best.ckpt", step)
-            barrier(info)
-            paused += time.monotonic() - val_started  # throughput excludes validation time
-        if save_now and info.is_main:
-            checkpoint("last.ckpt", step)
-        if keep_now and info.is_main:
-            checkpoint(f"step_{step:07d}.ckpt", step)
-        if out_of_time and step < total:
-            stopped_early = True
-            break
-    bar.close()
+            self.validate()
+        if save_now and self.info.is_main:
+            self.checkpoint("last.ckpt")
+        if keep_now and self.info.is_main:
+            self.checkpoint(f"step_{step:07d}.ckpt")
 
-    metrics: dict[str, Any] = {}
-    if info.is_main:
-        metrics = _run_validation(module.model, val_set, cfg, dev, progress=progress, method=module.method)
-        assert log is not None
-        log.write(_validation_row(metrics, step))
-        log.close()
-        if selection_score(metrics) > best_score:
-            best_score = selection_score(metrics)
-            checkpoint("best.ckpt", step)
-        checkpoint("last.ckpt", step)
-        metrics["step"] = step
+    def log_step(self, result: StepResult) -> None:
+        """A training row: loss, terms, the method's diagnostics (averaged over processes), lr, speed."""
+        method = self.module.method
+        diagnostics = (
+            {k: v.detach().float() for k, v in method.log_values().items()}
+            if isinstance(method, LogsValues)
+            else {}
+        )
+        terms = {"loss": result.loss.detach(), **{k: v.detach() for k, v in result.losses.items()}}
+        values = {k: float(v) for k, v in reduce_mean({**terms, **diagnostics}, self.info).items()}
+        row = {"step": self.global_step, "lr": result.lr, **values, "images_per_s": self.window.rate()}
+        self.window.restart()
+        if self.log is not None:
+            self.log.write(row)
+        self.bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{result.lr:.2e}")
+
+    # ------------------------------------------------------------------ validation
+
+    def validate(self) -> None:
+        """Validation during training on the main process (a log row; ``best.ckpt`` when the score
+        improves); its time is left out of the throughput."""
+        began = time.monotonic()
+        if self.info.is_main:
+            metrics = _run_validation(
+                self.module.model, self.val_set, self.cfg, self.dev, progress=False, method=self.module.method
+            )
+            self.train_module.train()
+            self._record_validation(metrics)
+        barrier(self.info)
+        self.window.paused += time.monotonic() - began
+
+    def _record_validation(self, metrics: dict[str, Any]) -> None:
+        assert self.log is not None
+        self.log.write(_validation_row(metrics, self.global_step))
+        score = selection_score(metrics)
+        if score > self.best_score:
+            self.best_score = score
+            self.checkpoint("best.ckpt")
+
+    def finish(self, stopped_early: bool) -> dict[str, Any]:
+        """The final validation, checkpoints and reports (main process; {} elsewhere)."""
+        if not self.info.is_main:
+            return {}
+        model, val_set, run_dir = self.module.model, self.val_set, self.run_dir
+        metrics = _run_validation(
+            model, val_set, self.cfg, self.dev, progress=self.progress, method=self.module.method
+        )
+        self._record_validation(metrics)
+        assert self.log is not None
+        self.log.close()
+        self.checkpoint("last.ckpt")
+        metrics["step"] = self.global_step
         metrics["stopped_early"] = stopped_early
         write_evaluation_report(metrics, run_dir, list(val_set.classes))
         from weakseg.viz import plot_training_curves
 
         plot_training_curves(run_dir / "metrics.jsonl", run_dir / "training_curves.png")
-        write_overlays(module.model, val_set, run_dir / "overlays", cfg, dev)
-    barrier(info)
-    return TrainResult(run_dir=run_dir, step=step, metrics=metrics, stopped_early=stopped_early)
+        write_overlays(model, val_set, run_dir / "overlays", self.cfg, self.dev)
+        return metrics
 
 
 def load_trained_model(

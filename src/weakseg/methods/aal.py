@@ -32,19 +32,23 @@ The ladder baseline → +AA → +LR → both is ``method.use_aa`` / ``method.use
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from weakseg.cam.pseudo_labels import PseudoLabelParams, cam_pseudo_labels
+from weakseg.data.sample import Batch
 from weakseg.losses.affinity import adaptive_affinity_loss
 from weakseg.losses.label_reassign import reassign_labels, reassigned_cross_entropy
 from weakseg.losses.multilabel import multilabel_soft_margin_loss
 from weakseg.losses.partial_ce import partial_cross_entropy
 from weakseg.methods.base import Method, register_method
 from weakseg.methods.cam import check_tag_variety
+from weakseg.models.outputs import ModelOutputs
+from weakseg.models.single_stage import create_single_stage
 from weakseg.ops.class_maps import foreground_indices, insert_background
 from weakseg.ops.resize import resize_nearest
 from weakseg.postprocess.crf import CRFParams
@@ -141,6 +145,7 @@ class AAL(Method):
     Params = AALParams
     requires = ("tags",)
     model_kind = "single_stage"
+    fg_index: Tensor  # long [C]: the foreground classes' indices (a buffer)
 
     def __init__(self, params: AALParams, **kw: Any) -> None:
         super().__init__(params, **kw)
@@ -155,6 +160,12 @@ class AAL(Method):
             crf=params.crf,  # type: ignore[arg-type]
             crf_params=CRFParams.pseudo_label(scale=params.crf_scale, num_iters=params.crf_iters),
         )
+
+    @classmethod
+    def build_model(cls, spec: Mapping[str, Any], **options: Any) -> nn.Module:
+        """The :class:`~weakseg.models.single_stage.SingleStageNetwork` (shared backbone, CAM branch and
+        segmentation head; :class:`~weakseg.methods.base.BuildsModel`)."""
+        return create_single_stage(**options)
 
     def fit_dataset(self, dataset: Any, *, batch_size: int, progress: bool = True) -> dict[str, Any]:
         """Warn when the training tags hardly vary (:func:`~weakseg.methods.cam.check_tag_variety`, as
@@ -180,7 +191,7 @@ class AAL(Method):
     # ------------------------------------------------------------------ pseudo masks
 
     @torch.no_grad()
-    def pseudo_masks(self, outputs: dict[str, Any], batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+    def pseudo_masks(self, outputs: ModelOutputs, batch: Batch) -> tuple[Tensor, Tensor]:
         """On-the-fly pseudo masks of the batch and each pixel's confidence, at image size.
 
         Returns:
@@ -210,7 +221,7 @@ class AAL(Method):
 
     # ------------------------------------------------------------------ loss
 
-    def forward(self, outputs: dict[str, Any], batch: dict[str, Any]) -> dict[str, Tensor]:
+    def forward(self, outputs: ModelOutputs, batch: Batch) -> dict[str, Tensor]:
         p = self.params
         logits = outputs["logits"]
         fg_tags = batch["tags"].index_select(1, self.fg_index.to(batch["tags"].device))

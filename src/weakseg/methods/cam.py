@@ -32,10 +32,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from weakseg.data.sample import Batch
 from weakseg.losses.multilabel import multilabel_soft_margin_loss
 from weakseg.methods.base import Method, register_method
 from weakseg.metrics import ConfusionMatrix
-from weakseg.models.classifier import DEFAULT_BG_THRESHOLD, cam_seed_logits
+from weakseg.models.classifier import DEFAULT_BG_THRESHOLD, cam_seed_logits, create_cam_classifier
+from weakseg.models.outputs import ModelOutputs
 from weakseg.ops.class_maps import foreground_indices
 
 
@@ -186,6 +188,7 @@ class CAM(Method):
     Params = CAMParams
     requires = ("tags",)
     model_kind = "classifier"
+    fg_index: Tensor  # long [C]: the foreground classes' indices (a buffer)
 
     @property
     def seed_rule(self) -> str:
@@ -201,6 +204,14 @@ class CAM(Method):
         self.register_buffer("fg_index", torch.tensor(fg, dtype=torch.long), persistent=False)
 
     # ------------------------------------------------------------------ engine hooks
+
+    @classmethod
+    def build_model(
+        cls, spec: Mapping[str, Any], *, head: str, head_kwargs: Mapping[str, Any], **options: Any
+    ) -> nn.Module:
+        """A :class:`~weakseg.models.classifier.CAMClassifier` (``head`` and ``head_kwargs`` are not used)
+        with the options of :meth:`model_kwargs` (:class:`~weakseg.methods.base.BuildsModel`)."""
+        return create_cam_classifier(**options, **cls.model_kwargs(spec))
 
     @classmethod
     def model_kwargs(cls, spec: Mapping[str, Any]) -> dict[str, Any]:
@@ -220,7 +231,7 @@ class CAM(Method):
             "dominant_tags": dominant,
         }
 
-    def run_model(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
+    def run_model(self, model: nn.Module, batch: Batch) -> ModelOutputs:
         """The model outputs of one training step: one forward pass on ``batch["image"]``."""
         return model(batch["image"])
 
@@ -230,13 +241,13 @@ class CAM(Method):
         """``[B, K]`` tags over all classes -> ``[B, C]`` foreground tags."""
         return tags.index_select(1, self.fg_index.to(tags.device))
 
-    def forward(self, outputs: dict[str, Any], batch: dict[str, Any]) -> dict[str, Tensor]:
+    def forward(self, outputs: ModelOutputs, batch: Batch) -> dict[str, Tensor]:
         target = self.foreground_tags(batch["tags"])
         return {"cls": self.params.weight * multilabel_soft_margin_loss(outputs["cls_logits"], target)}
 
     # ------------------------------------------------------------------ CAMs
 
-    def class_maps(self, outputs: dict[str, Any], tags: Tensor | None = None) -> dict[str, Tensor]:
+    def class_maps(self, outputs: ModelOutputs, tags: Tensor | None = None) -> dict[str, Tensor]:
         """Non-negative class maps on the CAM grid, not normalised.
 
         ``"cam"``: ``ReLU(cam)`` ``[B, C, h, w]``, the foreground classes only (a CAM has no background

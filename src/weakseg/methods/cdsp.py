@@ -30,17 +30,20 @@ Pseudo-labels come from the image-level pipeline on tags taken from the scribble
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from torch import Tensor, nn
 
 from weakseg.data.distance_maps import BoundaryDistanceMap, ScribbleDistanceMap
+from weakseg.data.sample import Batch
 from weakseg.losses.distance_entropy import distance_entropy_loss
 from weakseg.losses.feature_rectification import LORM_REDUCTIONS, lorm_loss
 from weakseg.losses.partial_ce import partial_cross_entropy
 from weakseg.methods.base import Method, register_method
 from weakseg.models.lorm import LORM_MASK_AXES, LoRM
+from weakseg.models.outputs import ModelOutputs
 from weakseg.ops.resize import resize_nearest
 
 SCRIBBLE_MAP, BOUNDARY_MAP = "dist_scribble", "dist_pseudo"
@@ -109,6 +112,10 @@ class CDSP(Method):
                 raise ValueError(f"method.lorm_level={level} but the backbone has {len(channels)} levels")
             self.lorm = LoRM(int(channels[level]), mask_axis=self.params.lorm_mask)
 
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """The method's own parameters, LoRM's projections: group "method"."""
+        return {"method": list(self.parameters())}
+
     def foreground(self, pseudo: Tensor, size: tuple[int, int]) -> Tensor:
         """LoRM's row mask ``M``: ``[B, H, W]`` pseudo-label → bool ``[B, h, w]`` (nearest resize);
         foreground = neither background nor ignored (every labelled pixel without a background class)."""
@@ -126,7 +133,7 @@ class CDSP(Method):
             uncertain &= valid
         return pseudo.masked_fill(uncertain, int(self.background))
 
-    def forward(self, outputs: dict[str, Any], batch: dict[str, Any]) -> dict[str, Tensor]:
+    def forward(self, outputs: ModelOutputs, batch: Batch) -> dict[str, Tensor]:
         p = self.params
         logits, pseudo = outputs["logits"], batch["pseudo"]
         target = self.pseudo_target(pseudo, batch.get("valid"))
@@ -146,9 +153,10 @@ class CDSP(Method):
                 ("ds", SCRIBBLE_MAP, p.scribble_entropy_weight),
                 ("dc", BOUNDARY_MAP, p.boundary_entropy_weight),
             ):
-                if key not in batch:
+                distances = cast(Mapping[str, Tensor], batch).get(key)  # a sample map: not a Batch key
+                if distances is None:
                     raise KeyError(f"cdsp: batch has no '{key}' map; the engine attaches CDSP.dataset_maps()")
-                terms[term] = weight * distance_entropy_loss(logits, batch[key])
+                terms[term] = weight * distance_entropy_loss(logits, distances)
         return terms
 
 

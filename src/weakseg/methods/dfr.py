@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from weakseg.data.sample import Batch
 from weakseg.losses.feature_consistency import consistency_labels, labels_to_grid, pairwise_consistency_loss
 from weakseg.losses.normalized_potts import (
     KERNEL_COMBINATIONS,
@@ -49,6 +50,7 @@ from weakseg.losses.normalized_potts import (
 from weakseg.losses.partial_ce import partial_cross_entropy
 from weakseg.methods.base import Method, register_method
 from weakseg.models.consistency_head import FeatureConsistencyHead
+from weakseg.models.outputs import ModelOutputs
 from weakseg.ops.resize import resize_area, resize_mask, scaled_size
 
 DEEP_KERNELS = ("none", "frozen", "dynamic")
@@ -221,6 +223,11 @@ class DFR(Method):
             self.frozen_mean = model.mean.detach().clone()
             self.frozen_std = model.std.detach().clone()
 
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """The method's own parameters, group "method": the consistency head (and the frozen backbone
+        copy, which does not train)."""
+        return {"method": list(self.parameters())}
+
     def set_progress(self, step: int, total_steps: int) -> None:
         """Training progress before step ``step`` (0-based) of ``total_steps``; drives the warm-up."""
         super().set_progress(step, total_steps)
@@ -254,7 +261,7 @@ class DFR(Method):
 
     # ------------------------------------------------------------------ the loss
 
-    def forward(self, outputs: dict[str, Any], batch: dict[str, Any]) -> dict[str, Tensor]:
+    def forward(self, outputs: ModelOutputs, batch: Batch) -> dict[str, Tensor]:
         """``outputs``: the segmentor's dict; ``batch``: "image", "scribble", optional "valid"."""
         p = self.params
         logits, image, scribble = outputs["logits"], batch["image"], batch["scribble"]
@@ -302,7 +309,7 @@ class DFR(Method):
                 terms["reg_deep"] = p.reg_weight * reg["deep"] if "deep" in reg else probs.new_zeros(())
         return terms
 
-    def consistency_embeddings(self, outputs: dict[str, Any], size: tuple[int, int]) -> Tensor:
+    def consistency_embeddings(self, outputs: ModelOutputs, size: tuple[int, int]) -> Tensor:
         """Unit embeddings ``[B, head_dim, h, w]`` of the consistency head on the deep grid ``size``.
 
         The head reads the source feature resampled to the grid (so it runs at the grid's cost); the
@@ -346,7 +353,7 @@ class DFR(Method):
             )
         return level
 
-    def _source_feature(self, outputs: dict[str, Any]) -> Tensor:
+    def _source_feature(self, outputs: ModelOutputs) -> Tensor:
         """The segmentor feature named by ``feature_source`` (``[B, C, h, w]``, with its gradient)."""
         if self.params.feature_source == "embedding":
             return outputs["embedding"]

@@ -20,8 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from weakseg.data.sample import Batch
 from weakseg.losses import partial_cross_entropy, soft_dice_loss
 from weakseg.methods.base import Method, register_method
+from weakseg.models.outputs import ModelOutputs
 
 LOSSES = ("ce", "ce_dice", "weighted_ce")
 
@@ -94,9 +96,9 @@ class FullSupervision(Method):
         self.class_weights.copy_(torch.from_numpy(weights).float())
         return {"class_weights": weights.tolist(), "pixel_source": counts.pixel_source}
 
-    def forward(self, outputs: dict[str, Any], batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def forward(self, outputs: ModelOutputs, batch: Batch) -> dict[str, torch.Tensor]:
         p = self.params
-        logits, target = outputs["logits"], batch[p.label]
+        logits, target = outputs["logits"], batch["mask"] if p.label == "mask" else batch["pseudo"]
         if p.loss == "ce":
             return {"ce": p.weight * partial_cross_entropy(logits, target, self.ignore_index)}
         if p.loss == "weighted_ce":

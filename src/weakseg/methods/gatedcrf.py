@@ -22,9 +22,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from weakseg.data.sample import Batch
 from weakseg.losses import partial_cross_entropy
 from weakseg.losses.gated_crf import GatedCRFKernel, gated_crf_loss
 from weakseg.methods.base import Method, register_method
+from weakseg.models.outputs import ModelOutputs
 
 IMAGENET_STD = [0.229, 0.224, 0.225]
 
@@ -81,7 +83,7 @@ class GatedCRF(Method):
             img = img / std.view(1, -1, 1, 1)
         return img
 
-    def forward(self, outputs: dict[str, Any], batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def forward(self, outputs: ModelOutputs, batch: Batch) -> dict[str, torch.Tensor]:
         p = self.params
         logits = outputs["logits"]
         target = batch["scribble"]

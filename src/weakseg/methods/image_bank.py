@@ -16,6 +16,7 @@ keeps its own bank (the buffers do not exist when DDP registers buffers, so they
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -113,7 +114,7 @@ class ImageBank(nn.Module):
         idx = torch.randint(self.num_slots, (n,), device=self.images.device, generator=generator)
         return {"image": self.images[idx], "tags": self.tags[idx], "valid": self.valid[idx], "slot": idx}
 
-    def append(self, batch: dict[str, Any], membership: Tensor) -> dict[str, Any]:
+    def append(self, batch: Mapping[str, Any], membership: Tensor) -> dict[str, Any]:
         """Update the bank from ``batch`` and return a copy whose ``"image"``, ``"tags"`` and ``"valid"``
         have ``draws`` bank samples appended (``"num_bank"`` says how many). Other entries are unchanged
         (they keep the original batch size)."""

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
+from weakseg.data.sample import Batch
 from weakseg.losses import partial_cross_entropy
 from weakseg.methods.base import Method, register_method
+from weakseg.models.outputs import ModelOutputs
 
 
 @dataclass
@@ -24,6 +25,6 @@ class PartialCE(Method):
     Params = PCEParams
     requires = ("scribble",)
 
-    def forward(self, outputs: dict[str, Any], batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def forward(self, outputs: ModelOutputs, batch: Batch) -> dict[str, torch.Tensor]:
         loss = partial_cross_entropy(outputs["logits"], batch["scribble"], self.ignore_index)
         return {"pce": self.params.weight * loss}

@@ -32,9 +32,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from weakseg.data.sample import Batch
 from weakseg.losses import partial_cross_entropy
 from weakseg.losses.dense_crf import dense_crf_loss
 from weakseg.methods.base import Method, register_method
+from weakseg.models.outputs import ModelOutputs
 
 
 @dataclass
@@ -101,7 +103,7 @@ class RLoss(Method):
         images = p.reference_batch if p.reference_batch is not None else batch_size
         return p.weight * self.crop_factor(height, width) * images
 
-    def forward(self, outputs: dict[str, Any], batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def forward(self, outputs: ModelOutputs, batch: Batch) -> dict[str, torch.Tensor]:
         p = self.params
         logits = outputs["logits"]
         target = batch["scribble"]

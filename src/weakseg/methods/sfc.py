@@ -47,13 +47,14 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from weakseg.data.sample import Batch
 from weakseg.losses.cam_consistency import (
     distribution_coefficients,
     prototype_consistency_loss,
@@ -70,6 +71,7 @@ from weakseg.methods.cam import (  # noqa: F401  (ClassCounts, count_classes: re
 )
 from weakseg.methods.image_bank import ImageBank
 from weakseg.models.classifier import DEFAULT_BG_THRESHOLD
+from weakseg.models.outputs import ModelOutputs
 from weakseg.ops.class_maps import (
     background_from_foreground,
     class_prototypes,
@@ -242,16 +244,16 @@ class SFC(CAM):
         self.dc_weights.copy_(dc.to(self.dc_weights.device))
         self._fitted = True
 
-    def prepare_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+    def prepare_batch(self, batch: Batch) -> Batch:
         """IBR: update the bank from the batch and append ``bank_draws`` bank samples (training only)."""
         if self.bank is None or not self.training:
             return batch
-        return self.bank.append(batch, self.foreground_tags(batch["tags"]) > 0.5)
+        return cast(Batch, self.bank.append(batch, self.foreground_tags(batch["tags"]) > 0.5))
 
-    def run_model(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
+    def run_model(self, model: nn.Module, batch: Batch) -> ModelOutputs:
         """Outputs for ``I``, with the outputs for ``I' = I x aux_scale`` under ``"aux_scale"``."""
         image = batch["image"]
-        outputs = dict(model(image))
+        outputs = cast(ModelOutputs, dict(model(image)))
         small = F.interpolate(image, scale_factor=self.params.aux_scale, mode="bilinear", align_corners=True)
         outputs["aux_scale"] = model(small)
         return outputs
@@ -265,14 +267,14 @@ class SFC(CAM):
             labels[:, self.background] = 1.0
         return labels
 
-    def _check_outputs(self, outputs: dict[str, Any]) -> None:
+    def _check_outputs(self, outputs: ModelOutputs) -> None:
         if "pcm_embedding" not in outputs or "side_embedding" not in outputs:
             raise RuntimeError(
                 "sfc: the model has no SFC heads (outputs 'pcm_embedding' / 'side_embedding'); build it with "
                 "create_cam_classifier(..., **SFC.model_kwargs(cfg.method))"
             )
 
-    def classifier_cam(self, outputs: dict[str, Any], region: Tensor | None) -> Tensor:
+    def classifier_cam(self, outputs: ModelOutputs, region: Tensor | None) -> Tensor:
         """``M_W`` ``[B, K, h, w]`` (float32): ``[1 - max_c M_c; M_c]`` times ``region`` (if any), PCM'd."""
         self._check_outputs(outputs)
         fg = max_normalize(F.relu(outputs["cam"].float()))
@@ -286,7 +288,7 @@ class SFC(CAM):
         return pcm_propagate(maps, outputs["pcm_embedding"].float(), self.params.pcm_iterations)
 
     def prototype_cam(
-        self, outputs: dict[str, Any], cam_w: Tensor, region: Tensor, seeds: Tensor | None = None
+        self, outputs: ModelOutputs, cam_w: Tensor, region: Tensor, seeds: Tensor | None = None
     ) -> Tensor:
         """``M_P`` ``[B, K, h, w]``: ``ReLU(cos)`` to prototypes pooled under the seeds of ``cam_w``
         (:meth:`seeds` unless given)."""
@@ -328,7 +330,7 @@ class SFC(CAM):
             "bg_seed_share": [v[1] for v in values],
         }
 
-    def _region(self, labels: Tensor, valid: Tensor | None, grid: tuple[int, int]) -> Tensor:
+    def _region(self, labels: Tensor, valid: Tensor | None, grid: tuple[int, ...]) -> Tensor:
         """``[B, K, h, w]``: valid pixels (nearest-resized to ``grid``) times the channel labels."""
         region = labels[:, :, None, None].expand(-1, -1, *grid)
         if valid is None:
@@ -336,7 +338,7 @@ class SFC(CAM):
         v = F.interpolate(valid[:, None].float(), size=grid, mode="nearest")
         return region * v
 
-    def class_maps(self, outputs: dict[str, Any], tags: Tensor | None = None) -> dict[str, Tensor]:
+    def class_maps(self, outputs: ModelOutputs, tags: Tensor | None = None) -> dict[str, Tensor]:
         """Inference maps as SFC's ``make_cam.py`` builds them (not normalised).
 
         ``"cam"``: the raw classifier CAM ``ReLU(cam)`` ``[B, C, h, w]`` (foreground only, as the ``cam``
@@ -374,7 +376,7 @@ class SFC(CAM):
         :meth:`~weakseg.methods.cam.CAM.raw_cam_scores` (IRN's rule, the ``cam`` method's validation).
         """
         p = self.params
-        maps = self.class_maps(outputs, tags)
+        maps = self.class_maps(cast(ModelOutputs, outputs), tags)
         scores = {
             name: sfc_seed_scores(
                 F.interpolate(maps[name], size=size, mode="bilinear", align_corners=False),
@@ -405,7 +407,7 @@ class SFC(CAM):
 
     # ------------------------------------------------------------------ loss
 
-    def forward(self, outputs: dict[str, Any], batch: dict[str, Any]) -> dict[str, Tensor]:
+    def forward(self, outputs: ModelOutputs, batch: Batch) -> dict[str, Tensor]:
         if not self._fitted:
             raise RuntimeError(
                 "sfc: class weights are not set; call method.fit_dataset(train_set, batch_size=...) before "

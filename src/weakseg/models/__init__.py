@@ -1,7 +1,19 @@
-"""Models: timm backbones, segmentation heads and their assembly into a :class:`Segmentor`."""
+"""Models: timm backbones, segmentation heads and their assembly into a :class:`Segmentor`.
 
-from weakseg.models.backbones import BACKBONES, Backbone, available_backbones, create_backbone
-from weakseg.models.heads import HEADS, available_heads, create_head
+Backbones and heads are built by name from two registries (:class:`weakseg.registry.Registry`):
+``BACKBONES`` (:func:`register_backbone`, :func:`create_backbone`) and ``HEADS`` (:func:`register_head`,
+:func:`create_head`); ``BACKBONES.descriptions()`` / ``HEADS.descriptions()`` list them (``weakseg models``).
+"""
+
+from weakseg.models.backbones import (
+    BACKBONES,
+    Backbone,
+    available_backbones,
+    create_backbone,
+    register_backbone,
+)
+from weakseg.models.heads import HEADS, available_heads, create_head, register_head
+from weakseg.models.network import BackboneSpec
 from weakseg.models.segmentor import Segmentor, create_segmentor
 from weakseg.models.weights import LoadReport, WeightsError, load_pretrained
 
@@ -9,6 +21,7 @@ __all__ = [
     "BACKBONES",
     "HEADS",
     "Backbone",
+    "BackboneSpec",
     "LoadReport",
     "Segmentor",
     "WeightsError",
@@ -18,4 +31,6 @@ __all__ = [
     "create_head",
     "create_segmentor",
     "load_pretrained",
+    "register_backbone",
+    "register_head",
 ]

@@ -54,12 +54,15 @@ from weakseg.models.weights import (
     load_pretrained,
     looks_like_efficientnet_pytorch,
 )
+from weakseg.registry import Registry
 
 Pretrained = str | os.PathLike | None
 BackboneFactory = Callable[..., "Backbone"]
 
 #: name -> factory(pretrained=..., output_stride=..., frozen_stages=..., freeze_bn=..., **kwargs)
-BACKBONES: dict[str, BackboneFactory] = {}
+BACKBONES: Registry[BackboneFactory] = Registry(
+    "backbone", hint="(CNNs also as <name>.<timm weight tag>, e.g. resnet50.tv_in1k)"
+)
 
 CNN_OUTPUT_STRIDES = (8, 16, 32)
 _FEATURE_LEVELS = (1, 2, 3, 4)  # timm feature indices at strides 4, 8, 16, 32
@@ -191,21 +194,17 @@ class ViTBackbone(Backbone):
 # --------------------------------------------------------------------------- registry
 
 
-def register_backbone(name: str) -> Callable[[BackboneFactory], BackboneFactory]:
-    """Decorator adding a factory to :data:`BACKBONES` under ``name``."""
-
-    def add(factory: BackboneFactory) -> BackboneFactory:
-        if name in BACKBONES:
-            raise ValueError(f"backbone '{name}' is already registered")
-        BACKBONES[name] = factory
-        return factory
-
-    return add
+def register_backbone(
+    name: str, *, description: str | None = None
+) -> Callable[[BackboneFactory], BackboneFactory]:
+    """Decorator adding a factory to :data:`BACKBONES` under ``name`` (described by its docstring's first
+    line unless ``description`` is given)."""
+    return BACKBONES.register(name, description=description)
 
 
 def available_backbones() -> list[str]:
     """Registered backbone names, sorted."""
-    return sorted(BACKBONES)
+    return BACKBONES.names()
 
 
 def create_backbone(
@@ -224,7 +223,8 @@ def create_backbone(
     SIPE and SFC start from) instead of timm's default ``resnet50`` weights.
 
     Raises:
-        ValueError: unknown name or unsupported ``output_stride``.
+        weakseg.registry.UnknownNameError: an unknown name (a ``ValueError``, listing the names).
+        ValueError: an unsupported ``output_stride``.
         weakseg.models.weights.WeightsError: a weights file that is missing or does not fit.
     """
     base, _, tag = name.partition(".")
@@ -239,11 +239,6 @@ def create_backbone(
             frozen_stages=frozen_stages,
             freeze_bn=freeze_bn,
             **kwargs,
-        )
-    if name not in BACKBONES:
-        raise ValueError(
-            f"unknown backbone '{name}'; available: {', '.join(available_backbones())} (CNNs also as "
-            "<name>.<timm weight tag>, e.g. resnet50.tv_in1k)"
         )
     return BACKBONES[name](
         pretrained=pretrained,

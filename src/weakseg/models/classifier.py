@@ -31,8 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from weakseg.models.backbones import Backbone, Pretrained, create_backbone
-from weakseg.models.network import BackboneNetwork
+from weakseg.models.backbones import Backbone, Pretrained
+from weakseg.models.network import BackboneNetwork, BackboneSpec
+from weakseg.models.outputs import ModelOutputs
 from weakseg.ops.class_maps import foreground_indices, insert_background, max_normalize
 
 __all__ = [
@@ -183,13 +184,14 @@ class CAMClassifier(BackboneNetwork):
                 for c_in, c_out in zip(backbone.channels, side_channels)
             )
 
-    def forward(self, image: Tensor) -> dict[str, Any]:
-        """``image`` float ``[B, 3, H, W]`` in [0, 1] -> the output dict described in the module doc."""
+    def forward(self, image: Tensor) -> ModelOutputs:
+        """``image`` float ``[B, 3, H, W]`` in [0, 1] -> the outputs described in the module doc
+        (:class:`~weakseg.models.outputs.ModelOutputs`)."""
         x = self.normalize(image)
         features = self.backbone(x)
         deep = features[-1]
         cam, cls_logits = class_activation(self.classifier, deep)
-        out: dict[str, Any] = {
+        out: ModelOutputs = {
             "cls_logits": cls_logits,
             "cam": cam,
             "features": features,
@@ -258,14 +260,8 @@ def create_cam_classifier(
         pcm, side_channels: SFC's heads (see :class:`CAMClassifier`).
         backbone_kwargs: extra backbone options.
     """
-    body = create_backbone(
-        backbone,
-        pretrained=pretrained,
-        output_stride=output_stride,
-        frozen_stages=frozen_stages,
-        freeze_bn=False,  # statistics only, below
-        **dict(backbone_kwargs or {}),
-    )
+    # freeze_bn: the statistics only, below
+    body = BackboneSpec(backbone, pretrained, output_stride, frozen_stages, False, backbone_kwargs).build()
     if freeze_bn:
         fix_bn_statistics(body)
     if not dilated:

@@ -6,7 +6,8 @@ per-level ``channels`` and ``strides`` (shallow to deep), and its ``forward(feat
 ``output_stride`` (not upsampled) and the last hidden feature map before the classifier, which
 feature-space losses (dense CRF on deep features, prototypes, ...) work on.
 
-``HEADS`` maps names to the head classes; :func:`create_head` is the entry point:
+``HEADS`` (a :class:`~weakseg.registry.Registry`; :func:`register_head`, ``weakseg models`` lists it) maps
+names to the head classes; :func:`create_head` is the entry point:
 
 - ``deeplabv2``: the classic DeepLab-v2 ASPP classifier.
 - ``deeplabv2_aspp_bn``: the BatchNorm ASPP head that later DeepLab-v2 re-implementations use.
@@ -31,6 +32,18 @@ from torch import Tensor, nn
 
 from weakseg.models.layers import ConvNormAct, init_classifier, init_hidden, make_norm
 from weakseg.models.upernet import UperNetHead
+from weakseg.registry import Registry
+
+HeadFactory = Callable[..., nn.Module]
+
+#: name -> head class / factory ``(in_channels, strides, num_classes, **options)``
+HEADS: Registry[HeadFactory] = Registry("head")
+
+
+def register_head(name: str, *, description: str | None = None) -> Callable[[HeadFactory], HeadFactory]:
+    """Decorator adding a head class (or factory) to :data:`HEADS` under ``name``."""
+    return HEADS.register(name, description=description)
+
 
 #: Crop side the published ASPP dilation rates were designed for (DeepLab: 513-pixel crops, a 33x33 map
 #: at output stride 16). Smaller crops scale the rates down with :func:`fit_aspp_rates`.
@@ -96,6 +109,7 @@ class ASPP(nn.Module):
         return self.dropout(self.project(torch.cat([branch(x) for branch in self.branches], dim=1)))
 
 
+@register_head("deeplabv2", description="DeepLab-v2 ASPP classifier: sum of four dilated 3x3 convs")
 class DeepLabV2Head(nn.Module):
     """The classic DeepLab-v2 ASPP classifier (Chen et al., TPAMI 2018).
 
@@ -134,6 +148,9 @@ class DeepLabV2Head(nn.Module):
         return logits, x
 
 
+@register_head(
+    "deeplabv2_aspp_bn", description="DeepLab-v2 ASPP with BatchNorm and image pooling (later code)"
+)
 class DeepLabV2ASPPBNHead(nn.Module):
     """DeepLab-v2-style head with BatchNorm ASPP, as found in later re-implementations (not the paper's).
 
@@ -172,6 +189,9 @@ class DeepLabV2ASPPBNHead(nn.Module):
         return self.classifier(self.dropout(embedding)), embedding
 
 
+@register_head(
+    "deeplabv2_cdsp", description="the CDSP authors' ASPP: num_classes-wide branches fused by 1x1 conv + norm"
+)
 class CDSPASPPHead(nn.Module):
     """The ASPP head of the CDSP authors' ResNet "DeepLabV2" models (their R50-V2 ablation), whose branches
     are as wide as the number of classes.
@@ -209,6 +229,7 @@ class CDSPASPPHead(nn.Module):
         return self.fuse(embedding), embedding
 
 
+@register_head("deeplabv3plus", description="DeepLab-v3+: ASPP on the deepest level + low-level decoder")
 class DeepLabV3PlusHead(nn.Module):
     """DeepLab-v3+ (Chen et al., ECCV 2018) on the deepest and the shallowest backbone levels.
 
@@ -266,31 +287,24 @@ class DeepLabV3PlusHead(nn.Module):
         return self.classifier(embedding), embedding
 
 
-HeadFactory = Callable[..., nn.Module]
-
-#: name -> head class / factory ``(in_channels, strides, num_classes, **options)``
-HEADS: dict[str, HeadFactory] = {
-    "deeplabv2": DeepLabV2Head,
-    "deeplabv2_aspp_bn": DeepLabV2ASPPBNHead,
-    "deeplabv2_cdsp": CDSPASPPHead,
-    "deeplabv3plus": DeepLabV3PlusHead,
-    "upernet": UperNetHead,
-}
+# UperNet lives in its own module, which imports nothing of this one (no cycle)
+HEADS.add(
+    "upernet", UperNetHead, description="UperNet: PPM + FPN decoder (its own pyramid for single-level ViTs)"
+)
 
 
 def available_heads() -> list[str]:
     """Registered head names, sorted."""
-    return sorted(HEADS)
+    return HEADS.names()
 
 
 def create_head(
     name: str, in_channels: Sequence[int], strides: Sequence[int], num_classes: int, **kwargs
 ) -> nn.Module:
     """Build the head registered as ``name`` for a backbone with these per-level channels and strides."""
-    if name not in HEADS:
-        raise ValueError(f"unknown head '{name}'; available: {', '.join(available_heads())}")
+    factory = HEADS[name]  # an unknown name: UnknownNameError (a ValueError) listing the names
     if len(in_channels) != len(strides) or not in_channels:
         raise ValueError(f"{name}: in_channels {list(in_channels)} and strides {list(strides)} must match")
     if num_classes < 1:
         raise ValueError(f"{name}: num_classes must be >= 1, got {num_classes}")
-    return HEADS[name](list(in_channels), list(strides), num_classes, **kwargs)
+    return factory(list(in_channels), list(strides), num_classes, **kwargs)

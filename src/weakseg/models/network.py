@@ -1,11 +1,54 @@
-"""What every weakseg network shares: a backbone, input normalisation and parameter groups."""
+"""What every weakseg network shares: a backbone (built in one place, :class:`BackboneSpec`), input
+normalisation and parameter groups."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from weakseg.models.backbones import Backbone
+from weakseg.models.backbones import Backbone, Pretrained, create_backbone
+from weakseg.models.heads import create_head
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """How a network's backbone is built from the registry: the one place the network factories
+    (segmentor, CAM classifier, single stage) share.
+
+    ``name``: a registered backbone (CNNs optionally ``<name>.<timm weight tag>``); ``pretrained``,
+    ``output_stride``, ``frozen_stages``, ``freeze_bn`` and ``kwargs`` as in
+    :func:`~weakseg.models.backbones.create_backbone`.
+    """
+
+    name: str
+    pretrained: Pretrained = None
+    output_stride: int = 16
+    frozen_stages: int = 0
+    freeze_bn: bool = False
+    kwargs: Mapping[str, Any] | None = None
+
+    def build(self) -> Backbone:
+        """The backbone."""
+        return create_backbone(
+            self.name,
+            pretrained=self.pretrained,
+            output_stride=self.output_stride,
+            frozen_stages=self.frozen_stages,
+            freeze_bn=self.freeze_bn,
+            **dict(self.kwargs or {}),
+        )
+
+    def build_with_head(
+        self, head: str, num_classes: int, head_kwargs: Mapping[str, Any] | None = None
+    ) -> tuple[Backbone, nn.Module]:
+        """The backbone and the registered segmentation ``head`` sized to its levels (``num_classes``
+        logits channels)."""
+        body = self.build()
+        return body, create_head(head, body.channels, body.strides, num_classes, **dict(head_kwargs or {}))
 
 
 class BackboneNetwork(nn.Module):

@@ -12,9 +12,10 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from weakseg.models.backbones import Backbone, Pretrained, available_backbones, create_backbone
-from weakseg.models.heads import available_heads, create_head
-from weakseg.models.network import BackboneNetwork
+from weakseg.models.backbones import Backbone, Pretrained, available_backbones
+from weakseg.models.heads import available_heads
+from weakseg.models.network import BackboneNetwork, BackboneSpec
+from weakseg.models.outputs import ModelOutputs
 
 __all__ = ["Segmentor", "available_backbones", "available_heads", "create_segmentor"]
 
@@ -35,13 +36,14 @@ class Segmentor(BackboneNetwork):
         self.num_classes = head.num_classes
         self.embed_dim = head.embed_dim
 
-    def forward(self, image: Tensor) -> dict[str, Any]:
+    def forward(self, image: Tensor) -> ModelOutputs:
         """Run the network.
 
         Args:
             image: float ``[B, 3, H, W]``, RGB in [0, 1].
 
         Returns:
+            :class:`~weakseg.models.outputs.ModelOutputs` with
             ``"logits"``: ``[B, K, ceil(H/s), ceil(W/s)]`` with ``s = logits_stride`` (not upsampled);
             ``"features"``: the backbone levels, ``[B, C_i, ~H/stride_i, ~W/stride_i]`` each;
             ``"embedding"``: ``[B, embed_dim, h, w]``, the head's last hidden feature map.
@@ -75,13 +77,5 @@ def create_segmentor(
         backbone_kwargs: extra backbone options (e.g. ``{"out_indices": [3, 7, 11]}`` for a ViT).
         head_kwargs: extra head options (e.g. ``{"norm": "syncbn"}``).
     """
-    body = create_backbone(
-        backbone,
-        pretrained=pretrained,
-        output_stride=output_stride,
-        frozen_stages=frozen_stages,
-        freeze_bn=freeze_bn,
-        **dict(backbone_kwargs or {}),
-    )
-    decoder = create_head(head, body.channels, body.strides, num_classes, **dict(head_kwargs or {}))
-    return Segmentor(body, decoder)
+    spec = BackboneSpec(backbone, pretrained, output_stride, frozen_stages, freeze_bn, backbone_kwargs)
+    return Segmentor(*spec.build_with_head(head, num_classes, head_kwargs))

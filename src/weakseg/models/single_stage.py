@@ -30,10 +30,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from weakseg.models.backbones import Backbone, Pretrained, create_backbone
+from weakseg.models.backbones import Backbone, Pretrained
 from weakseg.models.classifier import class_activation
-from weakseg.models.heads import create_head
-from weakseg.models.network import BackboneNetwork
+from weakseg.models.network import BackboneNetwork, BackboneSpec
+from weakseg.models.outputs import ModelOutputs
 from weakseg.ops.class_maps import foreground_indices
 
 __all__ = ["SingleStageNetwork", "create_single_stage"]
@@ -72,8 +72,9 @@ class SingleStageNetwork(BackboneNetwork):
         self.cam_stride = backbone.strides[-1]
         self.embed_dim = head.embed_dim
 
-    def forward(self, image: Tensor) -> dict[str, Any]:
-        """``image`` float ``[B, 3, H, W]`` in [0, 1] -> the output dict described in the module doc."""
+    def forward(self, image: Tensor) -> ModelOutputs:
+        """``image`` float ``[B, 3, H, W]`` in [0, 1] -> the outputs described in the module doc
+        (:class:`~weakseg.models.outputs.ModelOutputs`)."""
         features = self.backbone(self.normalize(image))
         cam, cls_logits = class_activation(self.classifier, features[-1])
         logits, embedding = self.head(features)
@@ -111,13 +112,6 @@ def create_single_stage(
         background: background class index, or None (every class then has a CAM channel).
         backbone_kwargs, head_kwargs: extra options (e.g. ``{"channels": 64}`` for the head).
     """
-    body = create_backbone(
-        backbone,
-        pretrained=pretrained,
-        output_stride=output_stride,
-        frozen_stages=frozen_stages,
-        freeze_bn=freeze_bn,
-        **dict(backbone_kwargs or {}),
-    )
-    decoder = create_head(head, body.channels, body.strides, num_classes, **dict(head_kwargs or {}))
+    spec = BackboneSpec(backbone, pretrained, output_stride, frozen_stages, freeze_bn, backbone_kwargs)
+    body, decoder = spec.build_with_head(head, num_classes, head_kwargs)
     return SingleStageNetwork(body, decoder, num_classes, background=background)

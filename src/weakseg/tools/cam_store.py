@@ -200,9 +200,9 @@ def open_cam_dataset(
     load_masks: bool = True,
 ) -> Any:
     """The dataset of a CAM folder (``meta`` = its ``cams.json``), raw (no transforms, no tags read):
-    ``root``, ``split`` and ``fmt`` ("folder", "voc" or "coco") when given, else the folder's own
-    (split "train" and format "folder" when it names none)."""
-    from weakseg.data import COCODataset, FolderDataset, VOCDataset
+    ``root``, ``split`` and ``fmt`` (a registered format of :mod:`weakseg.data.formats`) when given, else
+    the folder's own (split "train" and format "folder" when it names none)."""
+    from weakseg.data.formats import create_dataset
 
     data = meta.get("data") or {}
     root = root or data.get("root")
@@ -210,12 +210,6 @@ def open_cam_dataset(
         raise DataError("no dataset given: pass --data ROOT (the CAM folder does not name one)")
     split = split or data.get("split") or "train"
     fmt = fmt or data.get("format") or "folder"
-    if fmt == "voc":
-        return VOCDataset(root, split, scribbles=None, load_masks=load_masks, tags_source="none")
-    if fmt == "coco":
-        return COCODataset(root, split, load_masks=load_masks, tags_source="none")
-    if fmt != "folder":
-        raise DataError(f"unknown dataset format {fmt!r}; expected folder, voc or coco")
-    return FolderDataset(
-        root, split, load_masks=load_masks, load_scribbles=False, load_pseudo=False, tags_source="none"
+    return create_dataset(
+        fmt, root, split, load_masks=load_masks, scribbles="off", pseudo=False, tags_source="none"
     )
