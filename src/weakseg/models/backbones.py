@@ -38,6 +38,7 @@ import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -63,6 +64,11 @@ BackboneFactory = Callable[..., "Backbone"]
 BACKBONES: Registry[BackboneFactory] = Registry(
     "backbone", hint="(CNNs also as <name>.<timm weight tag>, e.g. resnet50.tv_in1k)"
 )
+
+#: A timm model. timm builds models by name, and what weakseg reads of them (``feature_info``,
+#: ``pretrained_cfg``, ``blocks``, ``patch_embed``, ``forward_intermediates``, ...) depends on the
+#: architecture, which timm's ``nn.Module`` return type does not name; so it is typed ``Any``.
+TimmModel = Any
 
 CNN_OUTPUT_STRIDES = (8, 16, 32)
 _FEATURE_LEVELS = (1, 2, 3, 4)  # timm feature indices at strides 4, 8, 16, 32
@@ -174,7 +180,9 @@ class ViTBackbone(Backbone):
     is the mean colour after normalisation), so each level has ``ceil(H/p) x ceil(W/p)`` cells.
     """
 
-    def __init__(self, model: nn.Module, *, block_indices: Sequence[int], norm: bool, **kwargs) -> None:
+    model: TimmModel  # a timm VisionTransformer (forward_intermediates)
+
+    def __init__(self, model: TimmModel, *, block_indices: Sequence[int], norm: bool, **kwargs) -> None:
         super().__init__(model, **kwargs)
         self.block_indices = list(block_indices)
         self.norm = norm
@@ -268,7 +276,7 @@ class CnnSpec:
     imagenet: Callable[[], StateDict] | None = None
 
 
-def _convert_efficientnet(state: StateDict, model: nn.Module) -> StateDict:
+def _convert_efficientnet(state: StateDict, model: TimmModel) -> StateDict:
     """Accept EfficientNet-PyTorch naming as well as timm's."""
     if not looks_like_efficientnet_pytorch(state):
         return state
@@ -302,7 +310,7 @@ def _check_local_file(pretrained: Pretrained) -> None:
         )
 
 
-def _timm_model(timm_name: str, from_hub: bool, **kwargs) -> nn.Module:
+def _timm_model(timm_name: str, from_hub: bool, **kwargs) -> TimmModel:
     timm = import_timm()
     if not from_hub:
         return timm.create_model(timm_name, pretrained=False, **kwargs)
@@ -390,7 +398,7 @@ def efficientnet_lite0(**kwargs) -> Backbone:
 _VIT_CLASSIFIER_PREFIXES = ("head.", "fc_norm.")
 
 
-def _resample_vit_pos_embed(state: StateDict, model: nn.Module) -> StateDict:
+def _resample_vit_pos_embed(state: StateDict, model: TimmModel) -> StateDict:
     """Interpolate a checkpoint's position embedding to the model's patch grid (e.g. a 384 px checkpoint)."""
     posemb = state.get("pos_embed")
     target = getattr(model, "pos_embed", None)
@@ -496,7 +504,7 @@ class SwinBackbone(Backbone):
     the last stage, as in ImageNet pre-training.
     """
 
-    def __init__(self, model: nn.Module, **kwargs) -> None:
+    def __init__(self, model: TimmModel, **kwargs) -> None:
         super().__init__(model, **kwargs)
         self.out_norms = nn.ModuleList(nn.LayerNorm(c) for c in self.channels)
         self.patch_size = int(model.patch_embed.patch_size[0])

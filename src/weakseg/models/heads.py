@@ -25,6 +25,7 @@ with ``"bn"`` training needs batch size >= 2 (as in torchvision's DeepLab).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,16 @@ from weakseg.models.upernet import UperNetHead
 from weakseg.registry import Registry
 
 HeadFactory = Callable[..., nn.Module]
+
+
+class HeadAttributes(Protocol):
+    """What every head states besides its ``forward``: the stride of its logits, the number of classes
+    and the width of its embedding (the segmentor and the methods read them)."""
+
+    output_stride: int
+    num_classes: int
+    embed_dim: int
+
 
 #: name -> head class / factory ``(in_channels, strides, num_classes, **options)``
 HEADS: Registry[HeadFactory] = Registry("head")
@@ -132,9 +143,10 @@ class DeepLabV2Head(nn.Module):
         cin = in_channels[-1]
         rates = fit_aspp_rates(rates, rate_scale)
         self.rates = rates
-        self.branches = nn.ModuleList(nn.Conv2d(cin, num_classes, 3, padding=r, dilation=r) for r in rates)
-        for conv in self.branches:
+        branches = [nn.Conv2d(cin, num_classes, 3, padding=r, dilation=r) for r in rates]
+        for conv in branches:
             init_classifier(conv)
+        self.branches = nn.ModuleList(branches)
         self.num_classes = num_classes
         self.embed_dim = cin
         self.output_stride = strides[-1]

@@ -58,6 +58,9 @@ class BackboneNetwork(nn.Module):
     the backbone); inputs are RGB images in [0, 1] and are normalised inside the network.
     """
 
+    mean: Tensor  # [1, 3, 1, 1] buffer
+    std: Tensor  # [1, 3, 1, 1] buffer
+
     def __init__(self, backbone: Backbone) -> None:
         super().__init__()
         self.backbone = backbone

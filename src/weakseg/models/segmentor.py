@@ -8,12 +8,12 @@ logits stay at the head's stride, :func:`weakseg.ops.resize.resize_bilinear` bri
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from torch import Tensor, nn
 
 from weakseg.models.backbones import Backbone, Pretrained, available_backbones
-from weakseg.models.heads import available_heads
+from weakseg.models.heads import HeadAttributes, available_heads
 from weakseg.models.network import BackboneNetwork, BackboneSpec
 from weakseg.models.outputs import ModelOutputs
 
@@ -32,9 +32,10 @@ class Segmentor(BackboneNetwork):
     def __init__(self, backbone: Backbone, head: nn.Module) -> None:
         super().__init__(backbone)
         self.head = head
-        self.logits_stride = head.output_stride
-        self.num_classes = head.num_classes
-        self.embed_dim = head.embed_dim
+        attributes = cast(HeadAttributes, head)  # an nn.Module to the registry; every head sets these
+        self.logits_stride = attributes.output_stride
+        self.num_classes = attributes.num_classes
+        self.embed_dim = attributes.embed_dim
 
     def forward(self, image: Tensor) -> ModelOutputs:
         """Run the network.
