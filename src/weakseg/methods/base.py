@@ -37,7 +37,8 @@ class Method(nn.Module):
 
     name: ClassVar[str] = ""
     Params: ClassVar[type] = NoParams
-    requires: ClassVar[tuple[str, ...]] = ()
+    # the class's sample keys; an instance may narrow them from its params (full: method.label)
+    requires: tuple[str, ...] = ()
 
     def __init__(self, params: Any, num_classes: int, ignore_index: int = 255, background: int | None = 0):
         super().__init__()

@@ -25,7 +25,7 @@ import dataclasses
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -185,7 +185,7 @@ class CAM(Method):
     """Multi-label soft-margin classification of the foreground tags (term ``cls``)."""
 
     name = "cam"
-    Params = CAMParams
+    Params: ClassVar[type] = CAMParams
     requires = ("tags",)
     model_kind = "classifier"
     fg_index: Tensor  # long [C]: the foreground classes' indices (a buffer)
@@ -300,7 +300,8 @@ class CAM(Method):
                     tags = tags_from_mask(mask, self.num_classes, self.ignore_index)[None]
                     if self.background is not None:
                         tags[:, self.background] = 1.0
-                for name, scores in self.seed_scores(model(image), tags, tuple(mask.shape[-2:])).items():
+                size = (mask.shape[-2], mask.shape[-1])
+                for name, scores in self.seed_scores(model(image), tags, size).items():
                     pred = scores.argmax(dim=1)[0]
                     if name not in confusions:
                         confusions[name] = ConfusionMatrix(self.num_classes, self.ignore_index, device=device)

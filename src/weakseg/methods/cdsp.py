@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from torch import Tensor, nn
 
@@ -45,6 +45,9 @@ from weakseg.methods.base import Method, register_method
 from weakseg.models.lorm import LORM_MASK_AXES, LoRM
 from weakseg.models.outputs import ModelOutputs
 from weakseg.ops.resize import resize_nearest
+
+if TYPE_CHECKING:
+    from weakseg.models.segmentor import Segmentor
 
 SCRIBBLE_MAP, BOUNDARY_MAP = "dist_scribble", "dist_pseudo"
 UNCERTAIN_READINGS = ("ignore", "background")
@@ -103,7 +106,7 @@ class CDSP(Method):
             BOUNDARY_MAP: BoundaryDistanceMap(self.params.lambda_c, bg, ignore),
         }
 
-    def setup(self, model: nn.Module) -> None:
+    def setup(self, model: Segmentor) -> None:
         """Build LoRM with the width of the backbone level it reads (before the optimiser exists)."""
         if self.params.lorm:
             channels = model.backbone.channels
@@ -131,6 +134,7 @@ class CDSP(Method):
         uncertain = pseudo == self.ignore_index
         if valid is not None:
             uncertain &= valid
+        assert self.background is not None  # __init__ rejects uncertain="background" without one
         return pseudo.masked_fill(uncertain, int(self.background))
 
     def forward(self, outputs: ModelOutputs, batch: Batch) -> dict[str, Tensor]:

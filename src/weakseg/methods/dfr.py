@@ -34,7 +34,7 @@ from __future__ import annotations
 import copy
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -52,6 +52,9 @@ from weakseg.methods.base import Method, register_method
 from weakseg.models.consistency_head import FeatureConsistencyHead
 from weakseg.models.outputs import ModelOutputs
 from weakseg.ops.resize import resize_area, resize_mask, scaled_size
+
+if TYPE_CHECKING:
+    from weakseg.models.segmentor import Segmentor
 
 DEEP_KERNELS = ("none", "frozen", "dynamic")
 FEATURE_SOURCES = ("embedding", "backbone")
@@ -165,9 +168,9 @@ def _check_params(p: DFRParams) -> None:
         "consistency_samples": p.consistency_samples,
         "head_dim": p.head_dim,
     }
-    for key, value in positive.items():
-        if value <= 0:
-            raise ValueError(f"method.{key} must be positive, got {value}")
+    for key, number in positive.items():
+        if number <= 0:
+            raise ValueError(f"method.{key} must be positive, got {number}")
     if not 0.0 <= p.warmup_fraction <= 1.0:
         raise ValueError(f"method.warmup_fraction must lie in [0, 1], got {p.warmup_fraction}")
 
@@ -202,7 +205,7 @@ class DFR(Method):
 
     # ------------------------------------------------------------------ engine hooks
 
-    def setup(self, model: nn.Module) -> None:
+    def setup(self, model: Segmentor) -> None:
         """Bind to the segmentor before the optimiser is built (and before a checkpoint is loaded).
 
         Sizes the lazy first layer of the consistency head from the chosen feature's width (so no

@@ -57,6 +57,7 @@ class FullSupervision(Method):
     name = "full"
     Params = FullParams
     requires = ("mask",)
+    class_weights: torch.Tensor  # [K] buffer
 
     def __init__(self, params: FullParams, **kw: Any):
         super().__init__(params, **kw)

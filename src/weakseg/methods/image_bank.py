@@ -76,16 +76,17 @@ class ImageBank(nn.Module):
             raise ValueError(f"membership must be [B, {self.num_slots}], got {tuple(membership.shape)}")
         if self.images is None:
             self._allocate(images, tags, valid)
-        elif self.images.shape[1:] != images.shape[1:] or self.tags.shape[1:] != tags.shape[1:]:
+        # allocated together
+        assert self.images is not None and self.tags is not None and self.valid is not None
+        assert self.filled is not None
+        if self.images.shape[1:] != images.shape[1:] or self.tags.shape[1:] != tags.shape[1:]:
             raise ValueError(
                 f"image bank holds samples {tuple(self.images.shape[1:])} with tags "
                 f"{tuple(self.tags.shape[1:])}, got {tuple(images.shape[1:])} and {tuple(tags.shape[1:])}: "
                 "training crops must have one size"
             )
-        elif self.images.device != images.device:
+        if self.images.device != images.device:
             self._to_device(images.device)
-        assert self.images is not None and self.tags is not None and self.valid is not None
-        assert self.filled is not None
         # last[s] = 1 + index of the last sample in slot s, 0 when none
         order = torch.arange(1, b + 1, device=images.device)
         last = (membership.to(torch.long) * order[:, None]).amax(dim=0)
@@ -99,6 +100,8 @@ class ImageBank(nn.Module):
         self.filled = self.filled | has
 
     def _to_device(self, device: torch.device) -> None:
+        assert self.images is not None and self.tags is not None and self.valid is not None
+        assert self.filled is not None
         self.images, self.tags, self.valid, self.filled = (
             t.to(device) for t in (self.images, self.tags, self.valid, self.filled)
         )

@@ -168,6 +168,7 @@ class SFC(CAM):
     name = "sfc"
     Params = SFCParams
     requires = ("tags",)
+    dc_weights: Tensor  # [C] buffer
 
     def __init__(self, params: SFCParams, **kw: Any) -> None:
         super().__init__(params, **kw)
@@ -448,4 +449,5 @@ class SFC(CAM):
 
 def _mark_fitted(module: nn.Module, incompatible_keys: Any) -> None:
     """After ``load_state_dict``, the class weights come from the checkpoint."""
-    module._fitted = True  # type: ignore[attr-defined]
+    assert isinstance(module, SFC)  # registered by SFC.__init__ on itself
+    module._fitted = True
