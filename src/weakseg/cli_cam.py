@@ -28,7 +28,9 @@ class _DefaultSubcommand(argparse._SubParsersAction):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.choices = self._AnyWord()
+        # typeshed types a subparsers action's choices as its name -> parser dict; argparse only tests
+        # membership and iterates
+        self.choices = self._AnyWord()  # type: ignore[assignment]
 
     def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[override]
         if values and values[0] not in self._name_parser_map:

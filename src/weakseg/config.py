@@ -13,6 +13,7 @@ against the dataclass of the method named in ``method.name``.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -228,7 +229,7 @@ def _config_layers(path: Path, chain: tuple[Path, ...]) -> list[tuple[dict, str]
     return [*layers, (raw_dict, str(path))]
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Read a YAML experiment file (or start from defaults) and apply dotted ``key=value`` overrides.
 
     The file may build on others through ``_base_`` (see :func:`_config_layers`).
@@ -251,7 +252,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         except OmegaConfBaseException as err:
             raise ConfigError(f"override '{item}': {err}") from err
         if key == "method" or key.startswith("method."):
-            method_parts.append((OmegaConf.to_container(dot)["method"], f"override '{item}'"))
+            container = OmegaConf.to_container(dot)
+            assert isinstance(container, dict)  # a dotlist makes a mapping
+            method_parts.append((container["method"], f"override '{item}'"))
         else:
             merged = _merge(merged, dot, f"override '{item}'")
 
@@ -264,7 +267,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
                 part = {"name": part}  # "method=rloss" shorthand
             if "name" in part and part["name"] != method.get("name"):
                 method = OmegaConf.create({})  # a new method starts from its own defaults
-            method = OmegaConf.merge(method, part)
+            merged_method = OmegaConf.merge(method, part)
+            assert isinstance(merged_method, DictConfig)  # a mapping merged with a mapping
+            method = merged_method
     method = _method_schema(method, where)
     cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
     cfg.method = OmegaConf.to_container(method)
@@ -286,27 +291,27 @@ def _check_values(cfg: Config) -> None:
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"config key '{key}' is '{value}'; expected one of {', '.join(allowed)}")
-    for key, value in {
+    for key, size in {
         "data.crop_size": cfg.data.crop_size,
         "data.resize": cfg.data.resize,
         "eval.resize": cfg.eval.resize,
     }.items():
-        if value is not None and (len(value) != 2 or min(value) <= 0):
-            raise ConfigError(f"config key '{key}' is {value}; expected [height, width] of positive integers")
+        if size is not None and (len(size) != 2 or min(size) <= 0):
+            raise ConfigError(f"config key '{key}' is {size}; expected [height, width] of positive integers")
     if len(cfg.data.scale_range) != 2 or not 0 < cfg.data.scale_range[0] <= cfg.data.scale_range[1]:
         raise ConfigError(
             f"config key 'data.scale_range' is {cfg.data.scale_range}; "
             "expected [min, max] with 0 < min <= max"
         )
-    for key, value in {
+    for key, count in {
         "train.steps": cfg.train.steps,
         "train.batch_size": cfg.train.batch_size,
         "train.val_every": cfg.train.val_every,
         "train.ckpt_every": cfg.train.ckpt_every,
         "train.log_every": cfg.train.log_every,
     }.items():
-        if value <= 0:
-            raise ConfigError(f"config key '{key}' is {value}; expected a positive integer")
+        if count <= 0:
+            raise ConfigError(f"config key '{key}' is {count}; expected a positive integer")
     if cfg.data.cache_mb < 0:
         raise ConfigError(f"config key 'data.cache_mb' is {cfg.data.cache_mb}; expected a size in MB >= 0")
     if cfg.model.output_stride not in (8, 16, 32):

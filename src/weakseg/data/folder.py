@@ -120,7 +120,9 @@ def parse_dataset_spec(obj: Any, source: str, default_name: str = "dataset") -> 
         _expect(
             key in LAYOUT_KEYS, source, f"unknown layout key {key!r}; expected some of {list(LAYOUT_KEYS)}"
         )
-        _expect(isinstance(pattern, str) and pattern, source, f"layout {key!r} must be a non-empty string")
+        _expect(
+            isinstance(pattern, str) and pattern != "", source, f"layout {key!r} must be a non-empty string"
+        )
         if key != "tags":
             _expect("{id}" in pattern, source, f"layout {key!r} pattern {pattern!r} must contain '{{id}}'")
     background = obj.get("background", "auto")

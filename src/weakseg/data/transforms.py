@@ -325,7 +325,7 @@ class ColorJitter(Transform):
 
 def build_train_transform(
     crop_size: int | Sequence[int],
-    scale_range: tuple[float, float] = (0.5, 2.0),
+    scale_range: Sequence[float] | None = (0.5, 2.0),
     hflip: float = 0.5,
     rotate: float = 0.0,
     color_jitter: float = 0.0,
@@ -335,9 +335,9 @@ def build_train_transform(
     """The usual training pipeline, giving samples of shape ``crop_size``.
 
     Order: colour jitter (``color_jitter`` > 0: brightness/contrast/saturation strength) →
-    resize (optional) → random scale in ``scale_range`` → random rotation up to ``rotate``
-    degrees (p = 0.5, when > 0) → random crop (padding first) → horizontal flip with
-    probability ``hflip``.
+    resize (optional) → random scale in ``scale_range`` = ``(min, max)`` (``None``: none) → random
+    rotation up to ``rotate`` degrees (p = 0.5, when > 0) → random crop (padding first) → horizontal
+    flip with probability ``hflip``.
     """
     steps: list[Transform] = []
     if color_jitter > 0:

@@ -16,6 +16,7 @@ is refused with the list of what it refers to and the command that converts a tr
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import random
 import warnings
@@ -122,7 +123,7 @@ def _convert_hint(path: Path) -> str:
     return f"weakseg convert-checkpoint {path} {path.with_name(path.stem + '.v2' + path.suffix)}"
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint`, with a clear error for anything else.
 
     Loading never runs code from the file (``torch.load(weights_only=True)``); a file that refers
@@ -219,7 +220,7 @@ def convert_checkpoint(src: str | Path, dst: str | Path) -> Path:
     return dst
 
 
-def load_state(module: torch.nn.Module, state: Mapping[str, Any], path: str | Path, what: str) -> None:
+def load_state(module: torch.nn.Module, state: Mapping[str, Any], path: str | os.PathLike, what: str) -> None:
     """``module.load_state_dict(state)``, or a one-line :class:`CheckpointError` saying which keys of
     checkpoint ``path`` do not fit (missing, unexpected, other shapes)."""
     own = module.state_dict()

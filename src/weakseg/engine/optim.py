@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -17,7 +18,7 @@ def build_optimizer(groups: dict[str, list[nn.Parameter]], cfg: OptimConfig) -> 
     ``groups["backbone"]`` trains at ``cfg.lr``; every other group ("head", "method", ...) at
     ``cfg.lr * cfg.head_lr_mult``. Each param group remembers its base lr in ``"base_lr"``.
     """
-    param_groups = []
+    param_groups: list[dict[str, Any]] = []
     for name, params in groups.items():
         params = [p for p in params if p.requires_grad]
         if not params:
@@ -32,8 +33,9 @@ def build_optimizer(groups: dict[str, list[nn.Parameter]], cfg: OptimConfig) -> 
         return torch.optim.SGD(
             param_groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **fused
         )
+    beta1, beta2 = cfg.betas
     return torch.optim.AdamW(
-        param_groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, **fused
+        param_groups, lr=cfg.lr, betas=(beta1, beta2), weight_decay=cfg.weight_decay, **fused
     )
 
 

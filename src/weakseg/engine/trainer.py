@@ -18,6 +18,7 @@ import contextlib
 import ctypes
 import json
 import math
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -64,7 +65,6 @@ from weakseg.methods import (
     Method,
     run_model,
 )
-from weakseg.models import Segmentor
 from weakseg.models.outputs import ModelOutputs
 
 
@@ -412,7 +412,8 @@ class Trainer:
         self.module = TrainModule(model, method).to(self.dev)
         self.channels_last = use_channels_last(cfg, self.dev)
         if self.channels_last:
-            self.module = self.module.to(memory_format=torch.channels_last)
+            # Module.to takes memory_format at run time; torch's overloads leave it out
+            self.module = self.module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     def _prepare_method(self, method: Method, model: nn.Module) -> None:
         """The method's capabilities that act before training: sample maps, binding to the network and
@@ -606,7 +607,7 @@ class Trainer:
         log_now = step % t.log_every == 0 or step == t.steps
         validate_now = step % t.val_every == 0 and not finished
         save_now = step % t.ckpt_every == 0 or finished
-        keep_now = bool(t.keep_every) and step % t.keep_every == 0
+        keep_now = bool(t.keep_every and step % t.keep_every == 0)
         if log_now or validate_now or save_now or keep_now:
             self.guard.check(step, self.info, self.last_saved, self.hint)  # before anything is written
         if log_now:
@@ -680,9 +681,10 @@ class Trainer:
 
 
 def load_trained_model(
-    path: str | Path, device: str | torch.device = "cpu"
-) -> tuple[Segmentor, Config, dict[str, Any]]:
-    """A segmentor restored from a weakseg checkpoint, in eval mode, with its config and class info."""
+    path: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, Config, dict[str, Any]]:
+    """The network (segmentor, CAM classifier or single-stage network, as its config's method builds)
+    restored from a weakseg checkpoint, in eval mode, with its config and class info."""
     from weakseg.config import config_from_dict
 
     ckpt = load_checkpoint(path, map_location="cpu")
