@@ -1,7 +1,7 @@
 # make demo       - set up .venv and run the demo (synthetic data -> train -> evaluate -> overlays)
 # make test       - set up .venv and run the whole test suite
 # make lint       - ruff check and ruff format --check on src, tests and benchmarks (CI runs it)
-# make typecheck  - mypy src (settings in pyproject.toml)
+# make typecheck  - mypy src, settings in pyproject.toml; passes with no error (CI runs it after lint)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
