@@ -1,8 +1,9 @@
 import math
 
+import pytest
 import torch
 
-from weakseg.losses import partial_cross_entropy
+from weakseg.losses import partial_ce, partial_cross_entropy
 
 
 def test_matches_hand_computation_on_labelled_pixels_only():
@@ -47,3 +48,25 @@ def test_label_smoothing_formula():
     lp = torch.log_softmax(logits[0, :, 0, 0], 0)
     expected = (1 - eps) * -lp[0] + eps * -lp.mean()
     assert torch.allclose(partial_cross_entropy(logits, target, label_smoothing=eps), expected)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"label_smoothing": 0.1}, {"class_weights": torch.tensor([0.5, 2.0, 1.0])}],
+)
+@pytest.mark.parametrize("share", [0.05, 0.6])
+def test_sparse_and_dense_paths_agree_in_value_and_gradient(monkeypatch, options, share):
+    """The sparse path (logits read at the labelled pixels) and the dense path (the whole map upsampled)
+    give the same loss and gradient, for scribble-like and for dense labels."""
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 6, 7, requires_grad=True)
+    target = torch.randint(0, 3, (2, 23, 29))
+    target[torch.rand(2, 23, 29) > share] = 255
+    monkeypatch.setattr(partial_ce, "SPARSE_MAX_SHARE", 2.0)  # sparse path always
+    sparse = partial_cross_entropy(logits, target, **options)
+    (sparse_grad,) = torch.autograd.grad(sparse, logits)
+    monkeypatch.setattr(partial_ce, "SPARSE_MAX_SHARE", -1.0)  # dense path always
+    dense = partial_cross_entropy(logits, target, **options)
+    (dense_grad,) = torch.autograd.grad(dense, logits)
+    torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(sparse_grad, dense_grad, rtol=1e-4, atol=1e-7)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from weakseg.ops.resize import (
+    bilinear_at,
     resize_area,
     resize_bilinear,
     resize_gate,
@@ -78,3 +80,23 @@ def test_gate_keeps_only_cells_fully_inside():
     assert out.tolist() == [[[0.0, 1.0], [1.0, 1.0]]]
     assert resize_gate(gate.bool(), (4, 4)).tolist() == gate.tolist()
     assert resize_gate(torch.full((1, 2, 2), float("nan")), (1, 1)).tolist() == [[[0.0]]]
+
+
+@pytest.mark.parametrize("size", [(12, 15), (8, 10), (5, 7), (4, 4), (3, 9)])
+def test_bilinear_at_reads_the_resized_map_at_the_mask(size):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+    where = torch.rand(2, *size) < 0.3
+    got = bilinear_at(x, size, where)
+    full = resize_bilinear(x, size)  # [B, C, H, W]
+    expected = full.permute(0, 2, 3, 1)[where]  # [P, C] in the same nonzero order
+    torch.testing.assert_close(got, expected)
+    weights = torch.randn_like(expected)
+    (grad,) = torch.autograd.grad((got * weights).sum(), x)
+    (ref_grad,) = torch.autograd.grad((expected * weights).sum(), x)
+    torch.testing.assert_close(grad, ref_grad)
+
+
+def test_bilinear_at_checks_the_mask_shape():
+    with pytest.raises(ValueError, match=r"where must be \[B, H, W\]"):
+        bilinear_at(torch.zeros(1, 2, 3, 3), (6, 6), torch.ones(1, 3, 3, dtype=torch.bool))

@@ -136,11 +136,29 @@ def pairwise_consistency_loss(
     picked = labels.reshape(b, -1).gather(1, index)  # [B, M]
     with torch.autocast(device_type=feats.device.type, enabled=False):  # fp32 similarities, even under AMP
         logits = temperature * feats.transpose(1, 2) @ feats  # [B, M, M]
-    same = picked[:, :, None] == picked[:, None, :]
-    eye = torch.eye(index.shape[1], dtype=torch.bool, device=index.device)
-    pair = valid[:, :, None] & valid[:, None, :] & ~eye
-    bce = F.binary_cross_entropy_with_logits(logits, same.float(), reduction="none")
-    positive, negative = pair & same, pair & ~same
-    pos = (bce * positive).sum() / positive.sum().clamp_min(1)
-    neg = (bce * negative).sum() / negative.sum().clamp_min(1)
-    return 0.5 * (pos + neg)
+    pair_weight, sign = _balanced_pair_weights(picked, valid)
+    # BCE with a 0/1 target y is softplus(-z) for y = 1 and softplus(z) for y = 0: softplus(sign * z)
+    return (F.softplus(logits * sign) * pair_weight).sum()
+
+
+@torch.no_grad()
+def _balanced_pair_weights(picked: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-pair weights ``[B, M, M]`` that turn a plain sum of pair losses into the balanced mean, and the
+    sign ``[B, M, M]`` (-1 for same-label pairs, +1 otherwise).
+
+    A valid ordered pair ``i != j`` weighs ``0.5 / P`` if its labels agree and ``0.5 / Q`` otherwise, with
+    ``P`` and ``Q`` the batch's numbers of such pairs (a weight of 0 when its set is empty). ``P`` comes from
+    per-image class counts ``n_k``: ``sum_k n_k^2 - n`` (so no ``[B, M, M]`` boolean is ever summed).
+    """
+    v = valid.float()
+    classes = torch.where(valid, picked, torch.zeros_like(picked))  # UNLABELLED slots: class 0, weight 0
+    counts = v.new_zeros(picked.shape[0], int(classes.max()) + 1 if classes.numel() else 1)
+    counts.scatter_add_(1, classes, v)
+    n = v.sum(1)
+    positives = (counts.pow(2).sum(1) - n).sum()
+    negatives = (n * n - n).sum() - positives
+    w_pos, w_neg = 0.5 / positives.clamp_min(1.0), 0.5 / negatives.clamp_min(1.0)
+    same = (picked[:, :, None] == picked[:, None, :]).float()
+    weight = (w_neg + (w_pos - w_neg) * same) * (v[:, :, None] * v[:, None, :])
+    weight.diagonal(dim1=1, dim2=2).zero_()  # pairs i != j only
+    return weight, 1.0 - 2.0 * same

@@ -5,7 +5,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from weakseg.ops.resize import resize_bilinear
+from weakseg.ops.resize import bilinear_at, resize_bilinear
+
+#: on a CPU, labels covering at most this share of the pixels take the sparse path (see below)
+SPARSE_MAX_SHARE = 0.25
 
 
 def partial_cross_entropy(
@@ -29,16 +32,24 @@ def partial_cross_entropy(
         Scalar: the sum of per-pixel losses divided by the number of labelled pixels in the batch.
         A batch without any labelled pixel gives 0 (with a gradient path), never NaN.
     """
-    logits = resize_bilinear(logits, target.shape[-2:])
+    labelled = target != ignore_index
+    if logits.device.type == "cpu" and float(labelled.float().mean()) <= SPARSE_MAX_SHARE:
+        # Sparse labels (scribbles): the upsampled logits read at the labelled pixels only, so neither the
+        # upsampling nor the log-softmax runs over the whole [B, K, H, W] map. Same value and gradient as
+        # the dense path below (up to float rounding); on a GPU the dense path avoids a host sync.
+        scores = bilinear_at(logits, target.shape[-2:], labelled).float()  # [P, K]
+        labels = target[labelled]  # [P], the same nonzero order
+    else:
+        scores = resize_bilinear(logits, target.shape[-2:]).float()
+        labels = target
     per_pixel = F.cross_entropy(
-        logits.float(),
-        target,
+        scores,
+        labels,
         weight=class_weights,
         ignore_index=ignore_index,
         reduction="none",
         label_smoothing=label_smoothing,
     )
-    labelled = target != ignore_index
     if class_weights is None:
         return per_pixel.sum() / labelled.sum().clamp_min(1)
     pixel_weights = class_weights.to(per_pixel.dtype)[torch.where(labelled, target, 0)] * labelled

@@ -18,6 +18,7 @@ from weakseg.ops.lattice import (
 )
 from weakseg.ops.pairwise_kernel import gaussian_affinity_apply, kernel_features_rgbxy
 from weakseg.ops.resize import (
+    bilinear_at,
     resize_area,
     resize_bilinear,
     resize_gate,
@@ -30,6 +31,7 @@ __all__ = [
     "BACKENDS",
     "MAX_LATTICE_DIM",
     "PermutohedralLattice",
+    "bilinear_at",
     "choose_backend",
     "gaussian_affinity_apply",
     "kernel_features_rgbxy",

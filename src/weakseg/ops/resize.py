@@ -6,6 +6,8 @@ size, so callers need no size check of their own.
 * :func:`scaled_size`: the grid of an image scaled by a factor (rounded, at least 1x1);
 * :func:`resize_bilinear`: images, logits, probabilities and CAMs (``align_corners=False``), optionally
   antialiased when shrinking;
+* :func:`bilinear_at`: the values :func:`resize_bilinear` would give at a few pixels, without resizing the
+  whole map (sparse labels: a loss over scribbled pixels only);
 * :func:`resize_area`: area averaging when both sides shrink, else bilinear (kernel grids);
 * :func:`resize_nearest`: label ids and masks ``[B, H, W]`` by nearest neighbour;
 * :func:`resize_mask`: a validity mask to a coarser grid, a cell inside when most of its pixels are;
@@ -21,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "bilinear_at",
     "resize_area",
     "resize_bilinear",
     "resize_gate",
@@ -50,6 +53,50 @@ def resize_bilinear(x: Tensor, size: Sequence[int], *, antialias: bool = False) 
         return x
     shrink = antialias and (size[0] < x.shape[-2] or size[1] < x.shape[-1])
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=shrink)
+
+
+def _source_coordinates(
+    dst: Tensor, size_in: int, size_out: int, dtype: torch.dtype
+) -> tuple[Tensor, Tensor, Tensor]:
+    """PyTorch's bilinear source rule (``align_corners=False``, no scale factor) along one axis.
+
+    For output indices ``dst``: ``src = max(0, (dst + 0.5) * size_in / size_out - 0.5)``, the lower
+    neighbour ``i0 = floor(src)``, the upper ``i1 = min(i0 + 1, size_in - 1)`` and the weight ``src - i0``
+    of the upper one, in ``dtype`` (``upsample_bilinear2d`` computes in float64 for float64 inputs and in
+    float32 otherwise).
+    """
+    src = ((dst.to(dtype) + 0.5) * (size_in / size_out) - 0.5).clamp_min(0.0)
+    i0 = src.floor().long().clamp_max(size_in - 1)
+    return i0, (i0 + 1).clamp_max(size_in - 1), src - i0
+
+
+def bilinear_at(x: Tensor, size: Sequence[int], where: Tensor) -> Tensor:
+    """``resize_bilinear(x, size)`` read at the pixels of a mask, without resizing the whole map.
+
+    Args:
+        x: ``[B, C, h, w]`` (e.g. logits).
+        size: the output grid ``(H, W)``.
+        where: bool ``[B, H, W]``; its True pixels are read, in ``nonzero`` order (batch, row, column).
+
+    Returns:
+        ``[P, C]`` for the ``P`` True pixels: the same values as ``resize_bilinear(x, size)`` there (up
+        to float rounding), differentiable in ``x``. Costs ``O(P·C)`` instead of ``O(B·C·H·W)``, which
+        pays off when ``P`` is a small share of the pixels (scribbles).
+    """
+    size = _size(size)
+    if tuple(where.shape) != (x.shape[0], *size):
+        raise ValueError(f"where must be [B, H, W] = {(x.shape[0], *size)}, got {tuple(where.shape)}")
+    bi, yi, xi = where.nonzero(as_tuple=True)
+    channels_last = x.permute(0, 2, 3, 1)  # [B, h, w, C]: gathers read rows of C values
+    if tuple(x.shape[-2:]) == size:
+        return channels_last[bi, yi, xi]
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    y0, y1, wy = _source_coordinates(yi, x.shape[-2], size[0], dtype)
+    x0, x1, wx = _source_coordinates(xi, x.shape[-1], size[1], dtype)
+    wy, wx = wy.unsqueeze(1).to(x.dtype), wx.unsqueeze(1).to(x.dtype)
+    top = channels_last[bi, y0, x0] * (1 - wx) + channels_last[bi, y0, x1] * wx
+    bottom = channels_last[bi, y1, x0] * (1 - wx) + channels_last[bi, y1, x1] * wx
+    return top * (1 - wy) + bottom * wy
 
 
 def resize_area(x: Tensor, size: Sequence[int]) -> Tensor:
