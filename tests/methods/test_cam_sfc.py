@@ -21,6 +21,7 @@ from weakseg.methods import build_method
 from weakseg.methods.image_bank import ImageBank
 from weakseg.methods.sfc import SFC, sfc_seed_scores
 from weakseg.models.classifier import CAMClassifier, create_cam_classifier
+from weakseg.ops.class_maps import seed_masks
 
 SIDE = [8, 8, 16, 16]
 
@@ -171,15 +172,21 @@ def test_forward_refuses_to_train_without_class_weights(model: CAMClassifier) ->
 # ---------------------------------------------------------------------------------------------- the loss
 
 
-def _reference_step(out: dict, small: dict, batch: dict, dc: torch.Tensor) -> dict[str, torch.Tensor]:
-    """SFC's training step written out as the authors' code orders it (background at channel 0)."""
+def _reference_step(
+    out: dict, small: dict, batch: dict, dc: torch.Tensor, seeds_before_pcm: bool = False
+) -> dict[str, torch.Tensor]:
+    """SFC's training step written out as the authors' code orders it (background at channel 0);
+    ``seeds_before_pcm``: the prototype seeds from the map before the PCM (``seed_source="cam"``)."""
     tags, valid = batch["tags"], batch["valid"].float()
     label = tags[:, 1:]
 
-    def m_w(o: dict, vm: torch.Tensor) -> torch.Tensor:
+    def before_pcm(o: dict, vm: torch.Tensor) -> torch.Tensor:
         norm = F.relu(o["cam"])
         norm = norm / (F.adaptive_max_pool2d(norm, (1, 1)) + 1e-5)
-        norm = torch.cat([1 - norm.max(dim=1, keepdim=True)[0], norm], dim=1) * vm
+        return torch.cat([1 - norm.max(dim=1, keepdim=True)[0], norm], dim=1) * vm
+
+    def m_w(o: dict, vm: torch.Tensor) -> torch.Tensor:
+        norm = before_pcm(o, vm)
         n, c, h, w = norm.shape
         f = o["pcm_embedding"].view(n, -1, h * w)
         f = f / (torch.norm(f, dim=1, keepdim=True) + 1e-5)
@@ -193,7 +200,7 @@ def _reference_step(out: dict, small: dict, batch: dict, dc: torch.Tensor) -> di
     vm0 = F.interpolate(vm, size=out["cam"].shape[-2:], mode="nearest")
     vm1 = F.interpolate(vm, size=small["cam"].shape[-2:], mode="nearest")
     cam1, cam2 = m_w(out, vm0), m_w(small, vm1)
-    seeds_in = cam1.detach().clone()
+    seeds_in = (before_pcm(out, vm0) if seeds_before_pcm else cam1).detach().clone()
     seeds_in[:, 0] *= 0.3
     seeds = F.one_hot(seeds_in.argmax(1), 4).permute(0, 3, 1, 2).float() * vm0
     feat = out["side_embedding"]
@@ -226,6 +233,31 @@ def test_terms_match_a_transcription_of_the_reference_step(model: CAMClassifier)
     for key in terms:
         assert terms[key].item() == pytest.approx(ref[key].item(), rel=1e-4, abs=1e-7), key
         assert torch.isfinite(terms[key]) and terms[key].item() > 0
+
+
+def test_seeds_before_the_pcm_match_the_transcription(model: CAMClassifier) -> None:
+    method = build_method({"name": "sfc", "side_channels": SIDE, "seed_source": "cam"}, num_classes=4).train()
+    dc = torch.tensor([1.3, 0.6, 1.1])
+    method.set_class_weights(dc)
+    torch.manual_seed(0)
+    batch = method.prepare_batch(_batch())
+    outputs = method.run_model(model.eval(), batch)
+    terms = method(outputs, batch)
+    ref = _reference_step(outputs, outputs["aux_scale"], batch, dc, seeds_before_pcm=True)
+    for key in terms:
+        assert terms[key].item() == pytest.approx(ref[key].item(), rel=1e-4, abs=1e-7), key
+    # the seeds (and the logged background share) are those of the map before the PCM
+    region = method._region(
+        method.channel_labels(batch["tags"]), batch["valid"], tuple(outputs["cam"].shape[-2:])
+    )
+    raw = method.raw_maps(outputs, region)
+    seeds = method.seeds(method.propagate(outputs, raw), region, raw)
+    torch.testing.assert_close(seeds, seed_masks(raw, region, 0, 0.3))
+    bg = seeds[:3, 0]
+    logged = method.log_values()["sfc/bg_seed_share"].item()
+    assert logged == pytest.approx((bg.sum() / region[:3, 0].sum()).item(), rel=1e-6)
+    with pytest.raises(ValueError, match="seed_source"):
+        build_method({"name": "sfc", "seed_source": "raw"}, num_classes=4)
 
 
 def test_gradients_reach_the_intended_parameters(model: CAMClassifier) -> None:

@@ -11,7 +11,8 @@ One training step, for a batch of ``B`` crops plus ``bank_draws`` image-bank sam
 3. :meth:`SFC.forward`, per scale: ``M_W`` = PCM-refined ``[1 - max_c M_c; M_c]`` with
    ``M_c = ReLU(cam_c) / max``, multiplied by the region mask (valid pixels; foreground channels only for
    tagged classes) before the PCM. At full scale also the prototype CAM ``M_P`` (seeds: background x
-   ``bg_seed_scale``, arg-max, region mask; prototypes pooled from the detached side features). Terms:
+   ``bg_seed_scale``, arg-max, region mask, taken from ``M_W`` or, with ``seed_source="cam"``, from the
+   same map before the PCM; prototypes pooled from the detached side features). Terms:
 
    * ``cls`` = ``cls_weight * (MLSM(s(I), y) + MLSM(s(I'), y)) / 2``;
    * ``msdw_p`` = ``L_P_DW`` = ``proto_weight * mean_{n,k,h,w} w_k |M_W(I) - M_P(I) / max|`` with
@@ -83,6 +84,7 @@ from weakseg.ops.class_maps import (
 )
 
 DC_COUNTS = ("images", "pixels", "uniform")
+SEED_SOURCES = ("pcm", "cam")
 
 
 @dataclass
@@ -110,6 +112,11 @@ class SFCParams:
         seed_bg_offset, seed_fg_scale: validation seeds as SFC's inference scores them: on max-normalised
             maps the background channel gets ``+ 0.4`` and foreground channels ``x 2``
             (:func:`sfc_seed_scores`).
+        seed_source: the map the prototype seeds are taken from: ``"pcm"``, ``M_W`` after the PCM (the
+            authors' code), or ``"cam"``, the same map before the PCM (an option of weakseg, not of the
+            paper). On voc-real with EfficientNet-lite0 the learnt PCM affinity averages each cell over
+            ~60 % of a 14x14 grid, and seeds taken after it leave 60-75 % of the crops without any
+            background seed, against 2 % before it (``benchmarks/sfc_collapse_probe.py``).
     """
 
     cls_weight: float = 1.0
@@ -126,9 +133,14 @@ class SFCParams:
     bg_threshold: float = DEFAULT_BG_THRESHOLD
     seed_bg_offset: float = 0.4
     seed_fg_scale: float = 2.0
+    seed_source: str = "pcm"
 
 
 def _check_params(p: SFCParams) -> None:
+    if p.seed_source not in SEED_SOURCES:
+        raise ValueError(
+            f"method.seed_source is '{p.seed_source}'; expected one of {', '.join(SEED_SOURCES)}"
+        )
     if p.dc_counts not in DC_COUNTS:
         raise ValueError(f"method.dc_counts is '{p.dc_counts}'; expected one of {', '.join(DC_COUNTS)}")
     if not 0.0 < p.aux_scale < 1.0:
@@ -276,7 +288,11 @@ class SFC(CAM):
             )
 
     def classifier_cam(self, outputs: ModelOutputs, region: Tensor | None) -> Tensor:
-        """``M_W`` ``[B, K, h, w]`` (float32): ``[1 - max_c M_c; M_c]`` times ``region`` (if any), PCM'd."""
+        """``M_W`` ``[B, K, h, w]`` (float32): :meth:`raw_maps` PCM'd."""
+        return self.propagate(outputs, self.raw_maps(outputs, region))
+
+    def raw_maps(self, outputs: ModelOutputs, region: Tensor | None) -> Tensor:
+        """``[1 - max_c M_c; M_c]`` ``[B, K, h, w]`` (float32) times ``region`` (if any), before the PCM."""
         self._check_outputs(outputs)
         fg = max_normalize(F.relu(outputs["cam"].float()))
         maps = (
@@ -284,8 +300,10 @@ class SFC(CAM):
             if self.background is None
             else insert_background(fg, background_from_foreground(fg), self.background)
         )
-        if region is not None:
-            maps = maps * region
+        return maps if region is None else maps * region
+
+    def propagate(self, outputs: ModelOutputs, maps: Tensor) -> Tensor:
+        """The PCM: ``maps`` propagated ``pcm_iterations`` times along the model's pixel affinities."""
         return pcm_propagate(maps, outputs["pcm_embedding"].float(), self.params.pcm_iterations)
 
     def prototype_cam(
@@ -295,13 +313,20 @@ class SFC(CAM):
         (:meth:`seeds` unless given)."""
         side = outputs["side_embedding"].float()
         if seeds is None:
-            seeds = self.seeds(cam_w, region)
+            raw = self.raw_maps(outputs, region) if self.params.seed_source == "cam" else None
+            seeds = self.seeds(cam_w, region, raw)
         return prototype_cam(side, class_prototypes(seeds, side))
 
-    def seeds(self, cam_w: Tensor, region: Tensor) -> Tensor:
-        """One-hot prototype seeds ``[B, K, h, w]`` of ``M_W`` (background x ``bg_seed_scale``, arg-max,
-        times ``region``), no gradient."""
-        return seed_masks(cam_w, region, self.background, self.params.bg_seed_scale)
+    def seeds(self, cam_w: Tensor, region: Tensor, raw: Tensor | None = None) -> Tensor:
+        """One-hot prototype seeds ``[B, K, h, w]`` (background x ``bg_seed_scale``, arg-max, times
+        ``region``), no gradient: of ``M_W`` (``cam_w``), or of the pre-PCM ``raw`` maps when
+        ``seed_source="cam"`` (computed from the outputs' ``M_W`` inputs if not given)."""
+        source = cam_w
+        if self.params.seed_source == "cam":
+            if raw is None:
+                raise ValueError("sfc: seed_source='cam' needs the maps before the PCM (raw=...)")
+            source = raw
+        return seed_masks(source, region, self.background, self.params.bg_seed_scale)
 
     def seed_statistics(self, seeds: Tensor, region: Tensor, num_images: int) -> dict[str, Tensor]:
         """Collapse diagnostics of the first ``num_images`` images (detached scalars; {} without a
@@ -427,8 +452,9 @@ class SFC(CAM):
         )
         with torch.autocast(device_type=outputs["cam"].device.type, enabled=False):
             region = self._region(labels, valid, tuple(outputs["cam"].shape[-2:]))
-            cam_w = self.classifier_cam(outputs, region)
-            seeds = self.seeds(cam_w, region)
+            raw = self.raw_maps(outputs, region)
+            cam_w = self.propagate(outputs, raw)
+            seeds = self.seeds(cam_w, region, raw)
             cam_p = self.prototype_cam(outputs, cam_w, region, seeds)
             own_images = tags.shape[0] - int(batch.get("num_bank", 0))
             self._last_stats = self.seed_statistics(seeds, region, own_images)
