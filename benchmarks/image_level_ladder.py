@@ -5,7 +5,8 @@ Four stages, each recorded as ``benchmarks/results/<dataset>-image/<variant>_see
 ``last.ckpt`` (``weakseg train --resume``) and adds the new wall time, CAM inference skips the images
 whose file exists. Every step runs as a ``weakseg`` command (recorded in the result's ``command``).
 
-1. **Seeds** (variants ``cam_seeds``, ``sfc_seeds``): ``cam`` and ``sfc`` trained at one budget
+1. **Seeds** (variants ``cam_seeds``, ``sfc_seeds``; ``--seed-variants sfc_pre_pcm_seeds`` adds ``sfc``
+   with its prototype seeds taken before the PCM): ``cam`` and ``sfc`` trained at one budget
    (``configs/<method>/<vocreal|msrcreal>_effnetlite0-cls_224x224_800.yaml``: same steps, batch, crops
    and optimiser rules; SFC's bank adds 4 samples a step), multi-scale + flip CAMs of every train image,
    and the seed sweep on train by **the same rule for both**: the raw classifier CAM with IRN's constant
@@ -80,6 +81,14 @@ DATASETS: dict[str, tuple[str, str, str, str]] = {
     ),
 }
 STAGES = ("seeds", "pseudo", "two_stage", "aal")
+#: seed variant -> (method, overrides); the seeds stage runs ``--seed-variants`` (default: the first two,
+#: whose better one feeds the pseudo-labels). ``sfc_pre_pcm_seeds`` is ``sfc`` with its prototype seeds
+#: taken before the PCM (``method.seed_source=cam``, an option of weakseg, not of the paper).
+SEED_VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "cam_seeds": ("cam", []),
+    "sfc_seeds": ("sfc", []),
+    "sfc_pre_pcm_seeds": ("sfc", ["method.seed_source=cam"]),
+}
 #: AAL variant -> (result variant, overrides)
 AAL_VARIANTS: dict[str, tuple[str, list[str]]] = {
     "baseline": ("aal_baseline", ["method.use_aa=false", "method.use_lr=false"]),
@@ -206,15 +215,16 @@ class Ladder:
     # ------------------------------------------------------------------ stage 1: seeds
 
     def seeds(self) -> None:
-        for method in ("cam", "sfc"):
-            if not self.done(f"{method}_seeds"):
-                self.seeds_of(method)
+        for variant in self.args.seed_variants:
+            if not self.done(variant):
+                self.seeds_of(variant)
 
-    def seeds_of(self, method: str) -> None:
-        mdir = self.work / f"{method}_seed{self.seed}"
+    def seeds_of(self, variant: str) -> None:
+        method, switches = SEED_VARIANTS[variant]
+        mdir = self.work / f"{variant.removesuffix('_seeds')}_seed{self.seed}"
         run_dir, cam_dir = mdir / "run", mdir / "cams"
         config = f"configs/{method}/{self.cls_config}"
-        metrics, train_wall, train_cmd = self.train(config, [f"data.root={self.root}"], run_dir)
+        metrics, train_wall, train_cmd = self.train(config, [f"data.root={self.root}", *switches], run_dir)
         scales = [str(s) for s in self.args.cam_scales]
         rule = "sfc" if method == "sfc" else "irn"
         cam_cmd = weakseg_command(
@@ -251,7 +261,7 @@ class Ladder:
         curve = self.curve(run_dir)
         steps = int(metrics["step"])
         self.record(
-            f"{method}_seeds",
+            variant,
             method=method,
             steps=steps,
             wall_time_s=round(wall, 1),
@@ -428,6 +438,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--dataset", choices=sorted(DATASETS), required=True)
     p.add_argument(
         "--stages", nargs="+", choices=STAGES, default=list(STAGES), help="stages to run, in order"
+    )
+    p.add_argument(
+        "--seed-variants",
+        nargs="+",
+        choices=list(SEED_VARIANTS),
+        default=["cam_seeds", "sfc_seeds"],
+        help="classifiers of the seeds stage (sfc_pre_pcm_seeds: sfc with method.seed_source=cam)",
     )
     p.add_argument("--seed", type=int, default=0, help="train.seed of every training")
     p.add_argument("--steps", type=int, default=None, help="override every training's steps (smoke tests)")
