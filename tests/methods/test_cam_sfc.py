@@ -21,7 +21,7 @@ from weakseg.methods import build_method
 from weakseg.methods.image_bank import ImageBank
 from weakseg.methods.sfc import SFC, sfc_seed_scores
 from weakseg.models.classifier import CAMClassifier, create_cam_classifier
-from weakseg.ops.class_maps import seed_masks
+from weakseg.ops.class_maps import class_prototypes, prototype_cam, seed_masks
 
 SIDE = [8, 8, 16, 16]
 
@@ -256,6 +256,13 @@ def test_seeds_before_the_pcm_match_the_transcription(model: CAMClassifier) -> N
     bg = seeds[:3, 0]
     logged = method.log_values()["sfc/bg_seed_share"].item()
     assert logged == pytest.approx((bg.sum() / region[:3, 0].sum()).item(), rel=1e-6)
+    # inference (weakseg cam): M_P's prototypes come from the same pre-PCM seeds
+    tags = batch["tags"]
+    maps = method.eval().class_maps(outputs, tags)
+    grid_region = method._region(method.channel_labels(tags), None, tuple(outputs["cam"].shape[-2:]))
+    seeds_inf = seed_masks(method.raw_maps(outputs, grid_region), grid_region, 0, 0.3)
+    side = outputs["side_embedding"].float()
+    torch.testing.assert_close(maps["M_P"], prototype_cam(side, class_prototypes(seeds_inf, side)))
     with pytest.raises(ValueError, match="seed_source"):
         build_method({"name": "sfc", "seed_source": "raw"}, num_classes=4)
 
