@@ -44,6 +44,7 @@ from weakseg.ops.class_maps import (
     background_from_foreground,
     insert_background,
     max_normalize,
+    pcm_affinity,
     pcm_propagate,
     seed_masks,
 )
@@ -54,10 +55,7 @@ PCM_ITERATIONS = 2
 
 def pcm_reach(embedding: Tensor) -> float:
     """Mean effective neighbourhood of one PCM propagation as a share of the grid (``[1, D, h, w]``)."""
-    f = embedding.float().flatten(2)
-    f = f / (f.norm(dim=1, keepdim=True) + 1e-5)
-    affinity = F.relu(torch.bmm(f.transpose(1, 2), f))
-    affinity = affinity / (affinity.sum(dim=1, keepdim=True) + 1e-5)
+    affinity = pcm_affinity(embedding.float())
     effective = 1.0 / affinity.pow(2).sum(dim=1).clamp_min(1e-12)  # [1, N], per column
     return float(effective.mean()) / affinity.shape[-1]
 

@@ -28,6 +28,7 @@ __all__ = [
     "foreground_indices",
     "insert_background",
     "max_normalize",
+    "pcm_affinity",
     "pcm_propagate",
     "prototype_cam",
     "seed_masks",
@@ -64,13 +65,23 @@ def background_from_foreground(normalized_fg: Tensor) -> Tensor:
     return 1.0 - normalized_fg.amax(dim=1, keepdim=True)
 
 
+def pcm_affinity(embedding: Tensor, eps: float = 1e-5) -> Tensor:
+    """The PCM's affinity ``[B, N, N]`` (``N = h w``) of ``[B, D, h, w]`` pixel features.
+
+    With ``f_i`` the per-pixel L2-normalised ``embedding`` (``f / (|f| + eps)``), ``A_ij = ReLU(f_i . f_j)``,
+    each column normalised to sum 1 (``A_ij / (sum_i A_ij + eps)``). Differentiable.
+    """
+    f = embedding.flatten(2)
+    f = f / (f.norm(dim=1, keepdim=True) + eps)
+    affinity = F.relu(torch.bmm(f.transpose(1, 2), f))
+    return affinity / (affinity.sum(dim=1, keepdim=True) + eps)
+
+
 def pcm_propagate(cam: Tensor, embedding: Tensor, iterations: int = 2, eps: float = 1e-5) -> Tensor:
     """Pixel correlation module (SEAM's PCM as SFC uses it): propagate ``cam`` along feature affinities.
 
-    With ``f_i`` the per-pixel L2-normalised ``embedding`` (``f / (|f| + eps)``), the affinity is
-    ``A_ij = ReLU(f_i . f_j)``, each column normalised to sum 1 (``A_ij / (sum_i A_ij + eps)``), and
-    the map is multiplied by it ``iterations`` times: ``M <- M A`` (``M`` as ``[K, N]``, ``N = h w``),
-    i.e. ``M'_kj = sum_i M_ki A_ij``. Differentiable in both arguments.
+    The map is multiplied ``iterations`` times by :func:`pcm_affinity` ``A``: ``M <- M A`` (``M`` as
+    ``[K, N]``, ``N = h w``), i.e. ``M'_kj = sum_i M_ki A_ij``. Differentiable in both arguments.
 
     Args:
         cam: ``[B, K, h, w]`` maps to refine.
@@ -84,10 +95,7 @@ def pcm_propagate(cam: Tensor, embedding: Tensor, iterations: int = 2, eps: floa
             f"cam {tuple(cam.shape)} and embedding {tuple(embedding.shape)} must share batch and grid"
         )
     b, k, h, w = cam.shape
-    f = embedding.flatten(2)
-    f = f / (f.norm(dim=1, keepdim=True) + eps)
-    affinity = F.relu(torch.bmm(f.transpose(1, 2), f))
-    affinity = affinity / (affinity.sum(dim=1, keepdim=True) + eps)
+    affinity = pcm_affinity(embedding, eps)
     out = cam.reshape(b, k, h * w)
     for _ in range(iterations):
         out = torch.bmm(out, affinity)
