@@ -251,7 +251,7 @@ def test_seeds_before_the_pcm_match_the_transcription(model: CAMClassifier) -> N
         method.channel_labels(batch["tags"]), batch["valid"], tuple(outputs["cam"].shape[-2:])
     )
     raw = method.raw_maps(outputs, region)
-    seeds = method.seeds(method.propagate(outputs, raw), region, raw)
+    seeds = method.seeds(method.seed_map(outputs, method.propagate(outputs, raw), region), region)
     torch.testing.assert_close(seeds, seed_masks(raw, region, 0, 0.3))
     bg = seeds[:3, 0]
     logged = method.log_values()["sfc/bg_seed_share"].item()

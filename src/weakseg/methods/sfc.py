@@ -313,19 +313,21 @@ class SFC(CAM):
         (:meth:`seeds` unless given)."""
         side = outputs["side_embedding"].float()
         if seeds is None:
-            raw = self.raw_maps(outputs, region) if self.params.seed_source == "cam" else None
-            seeds = self.seeds(cam_w, region, raw)
+            seeds = self.seeds(self.seed_map(outputs, cam_w, region), region)
         return prototype_cam(side, class_prototypes(seeds, side))
 
-    def seeds(self, cam_w: Tensor, region: Tensor, raw: Tensor | None = None) -> Tensor:
-        """One-hot prototype seeds ``[B, K, h, w]`` (background x ``bg_seed_scale``, arg-max, times
-        ``region``), no gradient: of ``M_W`` (``cam_w``), or of the pre-PCM ``raw`` maps when
-        ``seed_source="cam"`` (computed from the outputs' ``M_W`` inputs if not given)."""
-        source = cam_w
-        if self.params.seed_source == "cam":
-            if raw is None:
-                raise ValueError("sfc: seed_source='cam' needs the maps before the PCM (raw=...)")
-            source = raw
+    def seed_map(
+        self, outputs: ModelOutputs, cam_w: Tensor, region: Tensor, raw: Tensor | None = None
+    ) -> Tensor:
+        """The map the prototype seeds come from (``seed_source``): ``cam_w`` (``M_W``, after the PCM) or
+        the maps before the PCM (``raw`` if given, else :meth:`raw_maps` of ``outputs`` and ``region``)."""
+        if self.params.seed_source == "pcm":
+            return cam_w
+        return self.raw_maps(outputs, region) if raw is None else raw
+
+    def seeds(self, source: Tensor, region: Tensor) -> Tensor:
+        """One-hot prototype seeds ``[B, K, h, w]`` of ``source`` (:meth:`seed_map`; background x
+        ``bg_seed_scale``, arg-max, times ``region``), no gradient."""
         return seed_masks(source, region, self.background, self.params.bg_seed_scale)
 
     def seed_statistics(self, seeds: Tensor, region: Tensor, num_images: int) -> dict[str, Tensor]:
@@ -454,7 +456,7 @@ class SFC(CAM):
             region = self._region(labels, valid, tuple(outputs["cam"].shape[-2:]))
             raw = self.raw_maps(outputs, region)
             cam_w = self.propagate(outputs, raw)
-            seeds = self.seeds(cam_w, region, raw)
+            seeds = self.seeds(self.seed_map(outputs, cam_w, region, raw), region)
             cam_p = self.prototype_cam(outputs, cam_w, region, seeds)
             own_images = tags.shape[0] - int(batch.get("num_bank", 0))
             self._last_stats = self.seed_statistics(seeds, region, own_images)
