@@ -147,18 +147,15 @@ def _balanced_pair_weights(picked: Tensor, valid: Tensor) -> tuple[Tensor, Tenso
     sign ``[B, M, M]`` (-1 for same-label pairs, +1 otherwise).
 
     A valid ordered pair ``i != j`` weighs ``0.5 / P`` if its labels agree and ``0.5 / Q`` otherwise, with
-    ``P`` and ``Q`` the batch's numbers of such pairs (a weight of 0 when its set is empty). ``P`` comes from
-    per-image class counts ``n_k``: ``sum_k n_k^2 - n`` (so no ``[B, M, M]`` boolean is ever summed).
+    ``P`` and ``Q`` the batch's numbers of such pairs (a weight of 0 when its set is empty). The counts
+    stay on the device (float sums, no host synchronisation).
     """
     v = valid.float()
-    classes = torch.where(valid, picked, torch.zeros_like(picked))  # UNLABELLED slots: class 0, weight 0
-    counts = v.new_zeros(picked.shape[0], int(classes.max()) + 1 if classes.numel() else 1)
-    counts.scatter_add_(1, classes, v)
-    n = v.sum(1)
-    positives = (counts.pow(2).sum(1) - n).sum()
-    negatives = (n * n - n).sum() - positives
-    w_pos, w_neg = 0.5 / positives.clamp_min(1.0), 0.5 / negatives.clamp_min(1.0)
     same = (picked[:, :, None] == picked[:, None, :]).float()
-    weight = (w_neg + (w_pos - w_neg) * same) * (v[:, :, None] * v[:, None, :])
-    weight.diagonal(dim1=1, dim2=2).zero_()  # pairs i != j only
-    return weight, 1.0 - 2.0 * same
+    pairs = v[:, :, None] * v[:, None, :]
+    pairs.diagonal(dim1=1, dim2=2).zero_()  # pairs i != j only
+    same_pairs = same * pairs
+    positives = same_pairs.sum()
+    negatives = pairs.sum() - positives
+    w_pos, w_neg = 0.5 / positives.clamp_min(1.0), 0.5 / negatives.clamp_min(1.0)
+    return pairs * w_neg + same_pairs * (w_pos - w_neg), 1.0 - 2.0 * same
