@@ -16,9 +16,10 @@ whose file exists. Every step runs as a ``weakseg`` command (recorded in the res
    rule (``make_cam`` biases on the maps' own background: ``M_W + M_P`` and ``M_P`` alone) and its
    collapse diagnostics (share of images with an empty background prototype, background-seed share).
 2. **Pseudo-labels** (``pseudo_labels``): IR labels with the dense CRF (pydensecrf on a CPU, the torch
-   mean field on a GPU) from the classifier with the better seed score, by that method's own rule
-   (``cam``: IRN's thresholds on the raw CAM; ``sfc``: ``cam2ir``'s ``M_W + 0.7 M_P`` with its own
-   background); ``score`` = mIoU on the labelled pixels, with ``coverage`` and the mIoU counting
+   mean field on a GPU) from the classifier and rule with the best seed score on train: IRN's
+   thresholds on the raw classifier CAM (``--rule irn``, either classifier) or, for ``sfc``, its own
+   rule (``cam2ir``'s ``M_W + 0.7 M_P`` with the maps' own background, ``--rule sfc``) when its seeds
+   score higher; ``score`` = mIoU on the labelled pixels, with ``coverage`` and the mIoU counting
    ignored pixels as misses.
 3. **Two stages** (``two_stage``): ``full`` with ``method.label=pseudo`` trained on those pseudo-labels
    (``configs/full/synthetic_effnetlite0-v3p_96x96_300.yaml`` with this dataset's crops and steps); val
@@ -298,8 +299,13 @@ class Ladder:
         if self.done("pseudo_labels"):
             return
         seeds = {m: self.read(f"{m}_seeds") for m in ("cam", "sfc")}
-        method = max(seeds, key=lambda m: seeds[m]["score"])
-        rule = "sfc" if method == "sfc" else "irn"
+        # (seed score on train, classifier, rule): the raw classifier CAM under IRN's rule for both, and
+        # SFC's own rule (M_W + M_P, its own background) for sfc; the labels come from the best of them
+        candidates = [(seeds[m]["score"], m, "irn") for m in seeds]
+        sfc_rule = seeds["sfc"].get("sfc_rule") or {}
+        if sfc_rule.get("M_W+M_P") is not None:
+            candidates.append((sfc_rule["M_W+M_P"], "sfc", "sfc"))
+        _, method, rule = max(candidates)
         crf = self.args.crf or ("torch" if (self.args.device or "cpu").startswith("cuda") else "pydensecrf")
         out = self.pseudo_dir()
         cmd = weakseg_command(
@@ -323,7 +329,7 @@ class Ladder:
             rule=summary["rule"],
             weights=summary["weights"],
             crf=crf,
-            seed_scores={m: seeds[m]["score"] for m in seeds},
+            seed_scores={f"{m} ({r} rule)": score for score, m, r in candidates},
             plateau={**seeds[method]["plateau"], "of": f"the {method} classifier"},
         )
 

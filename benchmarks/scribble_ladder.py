@@ -7,7 +7,7 @@ The run is resumable: invoked again, it continues from the run folder's ``last.c
 and whether it reached its plateau.
 
 Protocols (CPU, EfficientNet-lite0 ImageNet + DeepLabV3+ with 64 decoder channels, AdamW, warm-up +
-cosine; validation every 100 steps):
+cosine; validation every 100 steps unless stated):
 
 - ``acdc-scribble``: real scribbles; slices resized to 128x128, crops 128, batch 8, 1500 steps;
   score = mean per-volume 3-D Dice (RV, Myo, LV) on val at 128x128 mapped back to the slice size.
