@@ -24,10 +24,13 @@ cosine; validation every 100 steps unless stated):
   at 1500 steps ``full`` was still rising until the cosine decay ended it and tied ``pce``), validation
   every 200 steps; val mIoU at full size.
 
-``cdsp`` first runs its stage 1 once per dataset and seed (a ``cam`` classifier on the scribbles' tags for
-``--cdsp-cam-steps``, multi-scale + flip CAMs of the train split, ``weakseg pseudo-labels`` with
-pydensecrf), in ``runs/ladder/<dataset>/cdsp_stage1_seed<N>``; the pseudo-labels' quality against the
-train masks is stored in the result.
+``cdsp`` first runs its stage 1 once per dataset and seed: a ``cam`` classifier on the scribbles' tags
+(on voc-real the image-level ladder's classifier protocol,
+``configs/cam/vocreal_effnetlite0-cls_224x224_800.yaml`` at its own crops for 800 steps; elsewhere the
+dataset's CAM config on the segmenters' crops for 500 steps; ``--cdsp-cam-steps`` changes the steps),
+multi-scale + flip CAMs of the train split and ``weakseg pseudo-labels`` with pydensecrf, in
+``runs/ladder/<dataset>/cdsp_stage1_seed<N>``; the pseudo-labels' quality against the train masks and the
+stage's settings are stored in the result.
 
 Variants are those of ``quality_equal_budget.py`` (pce, full, rloss, gatedcrf, dfr_shallow, dfr_frozen,
 dfr_dynamic, dfr, cdsp, ...).
@@ -89,7 +92,10 @@ PROTOCOLS: dict[str, dict] = {
     },
     "voc-real": {
         "config": "camvid_effnetlite0-v3p_256x256_3k.yaml",
-        "cam_config": "camvid_effnetlite0-cls_256x256_1500.yaml",
+        # CDSP's classifier: the image-level ladder's voc-real protocol (its own crops, 800 steps)
+        "cam_config": "vocreal_effnetlite0-cls_224x224_800.yaml",
+        "cam_steps": 800,
+        "cam_own_crops": True,
         "source": f"{SHARED}/voc-real",
         "root": "runs/data/voc-real-scribbles",
         "metric": "mIoU",
@@ -126,28 +132,45 @@ def ensure_data(dataset: str) -> None:
         subprocess.run(command, check=True)
 
 
-def cdsp_stage1(dataset: str, seed: int, runs: Path, workers: int, cam_steps: int) -> tuple[Path, dict]:
-    """CDSP's pseudo-labels from the scribbles' tags (see the module doc): (label folder, their quality)."""
+def cdsp_stage1(
+    dataset: str, seed: int, runs: Path, workers: int, cam_steps: int | None
+) -> tuple[Path, dict, dict]:
+    """CDSP's pseudo-labels from the scribbles' tags (see the module doc).
+
+    Returns (label folder, their quality, the stage's settings: classifier config and steps). A stage
+    folder made with other settings is not reused silently: move it away to make it again.
+    """
     from types import SimpleNamespace
 
     from quality_equal_budget import scribble_tag_pseudo_labels
 
     proto = PROTOCOLS[dataset]
     stage = runs / dataset / f"cdsp_stage1_seed{seed}"
-    shared = [
-        o for o in proto["overrides"] if not o.startswith(("train.steps", "train.val_every", "train.ckpt"))
-    ]
+    settings = {
+        "cam_config": f"configs/cam/{proto['cam_config']}",
+        "cam_steps": cam_steps or proto.get("cam_steps", 500),
+    }
+    shared = []
+    if not proto.get("cam_own_crops"):  # the classifier trains on the segmenters' crops
+        skip = ("train.steps", "train.val_every", "train.ckpt")
+        shared = [o for o in proto["overrides"] if not o.startswith(skip)]
     args = SimpleNamespace(
-        cdsp_cam_steps=cam_steps, batch_size=8, seed=seed, workers=workers, set=shared,
+        cdsp_cam_steps=settings["cam_steps"], batch_size=8, seed=seed, workers=workers, set=shared,
         cdsp_cam_scales=[0.5, 1.0, 1.5], cdsp_crf="pydensecrf",
     )  # fmt: skip
     quality_file = stage / "pseudo_label_quality.json"
     if not quality_file.is_file():
-        cam_config = f"configs/cam/{proto['cam_config']}"
-        labels, quality = scribble_tag_pseudo_labels(cam_config, Path(proto["root"]), args, stage)
-        quality_file.write_text(json.dumps({"labels": str(labels), "quality": quality}))
+        labels, quality = scribble_tag_pseudo_labels(settings["cam_config"], Path(proto["root"]), args, stage)
+        record = {"labels": str(labels), "quality": quality, **settings}
+        quality_file.write_text(json.dumps(record))
     record = json.loads(quality_file.read_text())
-    return Path(record["labels"]), record["quality"]
+    made_with = {key: record.get(key) for key in settings}
+    if made_with != settings:
+        raise SystemExit(
+            f"{stage} holds CDSP stage-1 labels made with {made_with}, not {settings}: move it away "
+            "(or pass the --cdsp-cam-steps it was made with) to make them again"
+        )
+    return Path(record["labels"]), record["quality"], settings
 
 
 def run_command(
@@ -238,7 +261,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--runs", default="runs/ladder", help="parent of the run folders")
     parser.add_argument("--results", default=str(RESULTS), help="where the result JSON goes")
-    parser.add_argument("--cdsp-cam-steps", type=int, default=500, help="cdsp stage 1: CAM classifier steps")
+    parser.add_argument(
+        "--cdsp-cam-steps",
+        type=int,
+        default=None,
+        help="cdsp stage 1: classifier steps (default: the protocol's)",
+    )
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra config overrides")
     args = parser.parse_args()
     os.chdir(ROOT)  # data roots, run folders and the recorded command are relative to the repository
@@ -246,11 +274,11 @@ def main() -> None:
     ensure_data(args.dataset)
     extra, stage1 = list(args.set), {}
     if VARIANTS[args.variant][0] == "cdsp":
-        labels, quality = cdsp_stage1(
+        labels, quality, settings = cdsp_stage1(
             args.dataset, args.seed, Path(args.runs), args.workers, args.cdsp_cam_steps
         )
         extra.append(f"data.pseudo_dir={labels}")
-        stage1 = {"cdsp_stage1": {"cam_steps": args.cdsp_cam_steps, "pseudo_label_quality": quality}}
+        stage1 = {"cdsp_stage1": {**settings, "pseudo_label_quality": quality}}
     run_dir = Path(args.runs) / args.dataset / f"{args.variant}_seed{args.seed}"
     if run_dir.is_absolute() and run_dir.is_relative_to(ROOT):
         run_dir = run_dir.relative_to(ROOT)
