@@ -381,7 +381,8 @@ class Ladder:
     # ------------------------------------------------------------------ stage 4: AAL
 
     def aal(self) -> None:
-        for variant, (name, switches) in AAL_VARIANTS.items():
+        for variant in self.args.aal_variants:
+            name, switches = AAL_VARIANTS[variant]
             if self.done(name):
                 continue
             run_dir = self.work / f"aal_{variant}_seed{self.seed}"
@@ -451,6 +452,13 @@ def parse_args() -> argparse.Namespace:
         choices=list(SEED_VARIANTS),
         default=["cam_seeds", "sfc_seeds"],
         help="classifiers of the seeds stage (sfc_pre_pcm_seeds: sfc with method.seed_source=cam)",
+    )
+    p.add_argument(
+        "--aal-variants",
+        nargs="+",
+        choices=list(AAL_VARIANTS),
+        default=list(AAL_VARIANTS),
+        help="AAL runs of the aal stage, in order (baseline: CE on the pseudo masks; both: AA + LR)",
     )
     p.add_argument("--seed", type=int, default=0, help="train.seed of every training")
     p.add_argument("--steps", type=int, default=None, help="override every training's steps (smoke tests)")
