@@ -53,12 +53,19 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "rloss": ("rloss", []),
     "gatedcrf": ("gatedcrf", []),
     "dfr": ("dfr", []),
-    # the DFR ablation ladder (docs/dfr.md)
-    "dfr_shallow": ("dfr", ["method.deep_kernel=none", "method.consistency_head=false"]),
-    "dfr_frozen": ("dfr", ["method.deep_kernel=frozen", "method.consistency_head=false"]),
-    "dfr_dynamic": ("dfr", ["method.consistency_head=false"]),
-    # DFR at the per-image calibration without rloss's batch-12 factor (the weight before the rebalance)
-    "dfr_reg04": ("dfr", ["method.reg_weight=0.4"]),
+    # DFR at rloss's batch-12 balance (reg_weight 4.8, the default until it collapsed on voc-real)
+    "dfr_reg48": ("dfr", ["method.reg_weight=4.8"]),
+    # the DFR ablation ladder (docs/dfr.md), as measured on ACDC: at reg_weight 4.8, so its top rung is
+    # dfr_reg48
+    "dfr_shallow": (
+        "dfr",
+        ["method.deep_kernel=none", "method.consistency_head=false", "method.reg_weight=4.8"],
+    ),
+    "dfr_frozen": (
+        "dfr",
+        ["method.deep_kernel=frozen", "method.consistency_head=false", "method.reg_weight=4.8"],
+    ),
+    "dfr_dynamic": ("dfr", ["method.consistency_head=false", "method.reg_weight=4.8"]),
     # CDSP and its ablations (need pseudo-labels: --cdsp-cam-steps makes them from the scribbles' tags)
     "cdsp": ("cdsp", []),
     "cdsp_no_lorm": ("cdsp", ["method.lorm=false"]),

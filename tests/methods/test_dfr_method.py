@@ -14,7 +14,7 @@ import weakseg.methods.dfr as dfr_module
 from weakseg.config import ConfigError, load_config
 from weakseg.losses.normalized_potts import unit_features_on_grid
 from weakseg.methods import build_method
-from weakseg.methods.dfr import DFR, DFRParams
+from weakseg.methods.dfr import DFR, RLOSS_BATCH_BALANCE_REG_WEIGHT, DFRParams
 from weakseg.models import create_segmentor
 
 K = 3
@@ -391,9 +391,9 @@ def test_three_training_steps_end_to_end(tmp_path):
 
 
 def test_dfr_pull_matches_rloss_published_balance() -> None:
-    """Default DFR (reg_weight 4.8) and default rloss (2e-9 at its published batch-12 balance, rescaled to
-    the crop) pull a prediction with gradients of the same order on a real VOC image; the old DFR weight
-    0.4 was 12x weaker (ratio ~5-7 here), the old rloss balance 12x weaker the other way (~0.04)."""
+    """DFR at ``RLOSS_BATCH_BALANCE_REG_WEIGHT`` (4.8) and default rloss (2e-9 at its published batch-12
+    balance, rescaled to the crop) pull a prediction with gradients of the same order on a real VOC image;
+    the default DFR weight 0.4 is the per-image match, 12x weaker (ratio ~5-7 here)."""
     import numpy as np
     from PIL import Image
 
@@ -419,6 +419,6 @@ def test_dfr_pull_matches_rloss_published_balance() -> None:
     unlabelled = torch.full((1, crop, crop), 255)
     batch = {"image": image, "scribble": unlabelled, "valid": torch.ones(1, crop, crop, dtype=torch.bool)}
     rloss_pull = pull(lambda x: rloss({"logits": x}, batch)["dense_crf"])
-    weight = DFRParams().reg_weight
-    dfr_pull = pull(lambda x: weight * dfr_regularized_loss(x.softmax(1), image, None, None)["shallow"])
-    assert 1 / 3 < rloss_pull / dfr_pull < 3
+    unit_pull = pull(lambda x: dfr_regularized_loss(x.softmax(1), image, None, None)["shallow"])
+    assert 1 / 3 < rloss_pull / (RLOSS_BATCH_BALANCE_REG_WEIGHT * unit_pull) < 3
+    assert 3 < rloss_pull / (DFRParams().reg_weight * unit_pull) < 12

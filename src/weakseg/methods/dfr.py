@@ -57,6 +57,9 @@ if TYPE_CHECKING:
     from weakseg.models.segmentor import Segmentor
 
 DEEP_KERNELS = ("none", "frozen", "dynamic")
+#: ``reg_weight`` at which DFR's shallow term pulls as hard, relative to the cross-entropy, as rloss's
+#: release with its batch-12 averaging (12 x the per-image match 0.4; see ``DFRParams.reg_weight``).
+RLOSS_BATCH_BALANCE_REG_WEIGHT = 4.8
 FEATURE_SOURCES = ("embedding", "backbone")
 
 
@@ -67,11 +70,15 @@ class DFRParams:
     Attributes:
         pce_weight: weight of partial cross-entropy (1, the anchor every scribble method shares).
         reg_weight: ``lambda_reg`` on each regularizer term. The terms are normalised to a disagreement
-            probability in [0, 1), so the gradient per pixel is ``~2 lambda / N``. 4.8 = 12 x 0.4 matches
-            rloss's shallow loss at its published balance: per image, lambda 0.4 pulls like weight 2e-9 on
-            the raw energy (512x512 VOC crops, measured ratio 0.32-0.40, ``docs/dfr.md``), and rloss's
-            release weighs that energy 12x more than the mean cross-entropy because it divides both terms
-            by its batch of 12 (see :mod:`weakseg.methods.rloss`).
+            probability in [0, 1), so the gradient per pixel is ``~2 lambda / N``. 0.4 pulls one image
+            like rloss's weight 2e-9 pulls one image (512x512 VOC crops, measured ratio 0.32-0.40,
+            ``docs/dfr.md``).
+            rloss's release also divides its cross-entropy by its batch of 12, which makes its CRF 12x
+            stronger relative to the cross-entropy; :data:`RLOSS_BATCH_BALANCE_REG_WEIGHT` (4.8 = 12 x 0.4)
+            carries that factor over. We measured both (``benchmarks/scribble_ladder.py``): at 4.8 DFR
+            collapses on the 21 classes of voc-real (val mIoU 0.088, 15 classes below 0.02 IoU, against
+            pCE's 0.338) and trails 0.4 on ACDC by 0.014 Dice over two seeds. DFR's authors publish no
+            weight, so the default is the per-image match 0.4.
         sigma_rgb: colour bandwidth of the shallow kernel, 0..255 units (15, rloss / RRM).
         sigma_xy: spatial bandwidth of the shallow kernel in original-image pixels (100, rloss / RRM).
         shallow_scale: the shallow kernel runs on the image resized by this factor (0.5, rloss / RRM).
@@ -118,7 +125,7 @@ class DFRParams:
     """
 
     pce_weight: float = 1.0
-    reg_weight: float = 4.8
+    reg_weight: float = 0.4
     sigma_rgb: float = 15.0
     sigma_xy: float = 100.0
     shallow_scale: float = 0.5
