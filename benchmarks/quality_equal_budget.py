@@ -13,7 +13,7 @@ of steps at the same batch size and seed, then is evaluated on the val split. Da
     .venv/bin/python benchmarks/quality_equal_budget.py --dataset camvid \\
         --variants pce rloss gatedcrf dfr_shallow dfr_frozen dfr_dynamic dfr --steps 300
 
-CDSP variants (``cdsp``, ``cdsp_no_lorm``, ``cdsp_no_de``, ``cdsp_pseudo_only``) train on CAM pseudo-labels
+CDSP variants (``cdsp``, ``cdsp_no_lorm``, ``cdsp_no_de``, ``cdsp_no_segc``, ``cdsp_uncertain_bg``, ``cdsp_pseudo_only``) train on CAM pseudo-labels
 made first from the scribbles' class tags, with the same overrides: a ``cam`` classifier
 (``configs/cam/<dataset>_effnetlite0-cls_256x256_<steps>.yaml``, ``data.tags=scribbles``) trained for
 ``--cdsp-cam-steps``, multi-scale + flip CAMs of the train split, then ``weakseg pseudo-labels``
@@ -72,6 +72,10 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     # LoRM's MSE over the foreground rows only (the authors' code also pulls background features to 0)
     "cdsp_lorm_fg": ("cdsp", ["method.lorm_reduction=foreground"]),
     "cdsp_no_de": ("cdsp", ["method.distance_entropy=false"]),
+    # without L_segc (LoRM still reads the pseudo-labels' foreground): do the pseudo-labels help or hurt?
+    "cdsp_no_segc": ("cdsp", ["method.pseudo_weight=0"]),
+    # uncertain pseudo-label pixels trained as background, as the authors' runs do
+    "cdsp_uncertain_bg": ("cdsp", ["method.uncertain=background"]),
     "cdsp_pseudo_only": (
         "cdsp",
         ["method.scribble_weight=0", "method.lorm=false", "method.distance_entropy=false"],
