@@ -60,7 +60,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from results_io import RESULTS, plateau, result_path, write_result
+from results_io import RESULTS, plateau, result_path, unshadow_site_packages, write_result
+
+unshadow_site_packages()
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = "../shared/data"  # relative to the repository root, where every command runs

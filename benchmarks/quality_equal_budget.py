@@ -13,7 +13,8 @@ of steps at the same batch size and seed, then is evaluated on the val split. Da
     .venv/bin/python benchmarks/quality_equal_budget.py --dataset camvid \\
         --variants pce rloss gatedcrf dfr_shallow dfr_frozen dfr_dynamic dfr --steps 300
 
-CDSP variants (``cdsp``, ``cdsp_no_lorm``, ``cdsp_no_de``, ``cdsp_no_segc``, ``cdsp_uncertain_bg``, ``cdsp_pseudo_only``) train on CAM pseudo-labels
+CDSP variants (``cdsp``, ``cdsp_no_lorm``, ``cdsp_no_de``, ``cdsp_no_segc``, ``cdsp_uncertain_bg``,
+``cdsp_pseudo_only``) train on CAM pseudo-labels
 made first from the scribbles' class tags, with the same overrides: a ``cam`` classifier
 (``configs/cam/<dataset>_effnetlite0-cls_256x256_<steps>.yaml``, ``data.tags=scribbles``) trained for
 ``--cdsp-cam-steps``, multi-scale + flip CAMs of the train split, then ``weakseg pseudo-labels``

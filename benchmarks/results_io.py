@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +29,17 @@ REQUIRED = (
     "per_class",
     "command",
 )
+
+
+def unshadow_site_packages() -> None:
+    """Take ``benchmarks/`` off ``sys.path`` once a script has imported its sibling modules.
+
+    Python puts a script's folder first on the path, so ``benchmarks/tabulate.py`` shadows the ``tabulate``
+    package that torch imports when it reports compile times at exit (a traceback after every ladder run).
+    """
+    here = Path(__file__).resolve().parent
+    sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != here]
+
 
 #: A run has reached its plateau when its validation scores over the last ``PLATEAU_FRACTION`` of the
 #: steps span at most ``PLATEAU_TOLERANCE`` (absolute, score units 0-1).

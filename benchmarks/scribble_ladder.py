@@ -48,8 +48,10 @@ import sys
 import time
 from pathlib import Path
 
-from quality_equal_budget import VARIANTS
-from results_io import RESULTS, plateau, write_result
+from quality_equal_budget import VARIANTS, scribble_tag_pseudo_labels
+from results_io import RESULTS, plateau, unshadow_site_packages, write_result
+
+unshadow_site_packages()
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = "../shared/data"  # relative to the repository root, where the command runs
@@ -141,8 +143,6 @@ def cdsp_stage1(
     folder made with other settings is not reused silently: move it away to make it again.
     """
     from types import SimpleNamespace
-
-    from quality_equal_budget import scribble_tag_pseudo_labels
 
     proto = PROTOCOLS[dataset]
     stage = runs / dataset / f"cdsp_stage1_seed{seed}"

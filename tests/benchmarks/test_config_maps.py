@@ -20,16 +20,19 @@ SCRIPTS = (
     "aal_ladder",
     "camvid_cam_seeds",
     "train_speed_cpu",
-    "gpu_suite",  # last: it takes benchmarks/ off sys.path
+    "gpu_suite",
 )
 
 
 @pytest.fixture(scope="module")
 def bench():
     """The scripts as modules (they import each other by name from benchmarks/)."""
-    sys.path.insert(0, str(BENCHMARKS))
+    modules = {}
     try:
-        yield {name: importlib.import_module(name) for name in SCRIPTS}
+        for name in SCRIPTS:
+            sys.path.insert(0, str(BENCHMARKS))  # the ladders take it off again once imported
+            modules[name] = importlib.import_module(name)
+        yield modules
     finally:
         # benchmarks/tabulate.py must not shadow the tabulate package
         sys.path[:] = [p for p in sys.path if p != str(BENCHMARKS)]
