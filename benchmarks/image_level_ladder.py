@@ -168,7 +168,7 @@ class Ladder:
             f"out_dir={run_dir}",
         ]
         if self.args.steps:
-            every = max(1, self.args.steps // 5)
+            every = max(1, self.args.steps // 10)  # three validations in the last fifth
             out += [f"train.steps={self.args.steps}", f"train.val_every={every}", f"train.ckpt_every={every}"]
         return [*out, *self.args.set]
 
@@ -463,7 +463,12 @@ def parse_args() -> argparse.Namespace:
         help="AAL runs of the aal stage, in order (baseline: CE on the pseudo masks; both: AA + LR)",
     )
     p.add_argument("--seed", type=int, default=0, help="train.seed of every training")
-    p.add_argument("--steps", type=int, default=None, help="override every training's steps (smoke tests)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="override every training's steps (smoke tests, a longer AAL schedule)",
+    )
     p.add_argument(
         "--limit", type=int, default=None, help="only the first N train and val images (smoke tests)"
     )
