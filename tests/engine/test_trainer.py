@@ -12,7 +12,7 @@ from train_helpers import tiny_train_config
 from weakseg.config import ConfigError
 from weakseg.data.synthetic import make_synthetic_dataset
 from weakseg.engine.checkpoint import load_checkpoint
-from weakseg.engine.trainer import load_trained_model, train
+from weakseg.engine.trainer import check_log_names, load_trained_model, train
 
 
 @pytest.fixture(scope="module")
@@ -189,3 +189,11 @@ def test_cpu_training_keeps_freed_memory_for_reuse(tiny_data, tmp_path, monkeypa
         )
         train(cfg, device="cpu", progress=False)
     assert calls == [1]
+
+
+def test_a_loss_term_may_not_take_a_column_the_trainer_writes() -> None:
+    check_log_names("aal", {"cls", "seg", "aa", "reassign"})  # AAL's terms: no clash
+    with pytest.raises(ValueError, match=r"method 'aal'.*\['lr'\]"):
+        check_log_names("aal", {"cls", "seg", "lr"})  # the label-reassign term once hid the learning rate
+    with pytest.raises(ValueError, match=r"\['images_per_s', 'loss'\]"):
+        check_log_names("custom", {"loss", "images_per_s", "ok"})

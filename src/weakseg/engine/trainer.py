@@ -307,6 +307,21 @@ def check_resume_compatible(
     check_classes(ckpt.get("classes"), train_set, path)
 
 
+#: Columns every training row of ``metrics.jsonl`` has; a loss term or diagnostic of the same name would
+#: silently overwrite one (AAL's label-reassign term was once logged as ``lr``, hiding the learning rate).
+RESERVED_LOG_COLUMNS = frozenset({"step", "lr", "loss", "images_per_s"})
+
+
+def check_log_names(method: str, names: set[str]) -> None:
+    """Raise if a method's loss terms or diagnostics (``names``) take a reserved log column's name."""
+    clash = sorted(RESERVED_LOG_COLUMNS & names)
+    if clash:
+        raise ValueError(
+            f"method '{method}' returns loss terms or diagnostics named {clash}, which are metrics.jsonl "
+            f"columns the trainer writes itself ({sorted(RESERVED_LOG_COLUMNS)}); rename them in the method"
+        )
+
+
 @dataclass
 class StepResult:
     """What one optimisation step leaves on the device for logging (nothing is read back to the host)."""
@@ -627,6 +642,7 @@ class Trainer:
             if isinstance(method, LogsValues)
             else {}
         )
+        check_log_names(method.name, set(result.losses) | set(diagnostics))
         terms = {"loss": result.loss.detach(), **{k: v.detach() for k, v in result.losses.items()}}
         values = {k: float(v) for k, v in reduce_mean({**terms, **diagnostics}, self.info).items()}
         row = {"step": self.global_step, "lr": result.lr, **values, "images_per_s": self.window.rate()}

@@ -20,9 +20,10 @@ classification branch, segmentation head) trained end to end on image tags. One 
 5. ``aa`` (``use_aa``) = ``aa_weight ·`` :func:`~weakseg.losses.affinity.adaptive_affinity_loss` on the
    segmentation embedding, with the pseudo mask sampled (nearest) onto its grid and per-pixel
    confidences from the CAMs (``aa_confidence``).
-6. ``lr`` (``use_lr``, from ``step >= lr_start · total_steps``) = ``lr_weight ·`` the cross-entropy of
-   reassigned pixels toward their nearest class centre (:mod:`weakseg.losses.label_reassign`); those
-   pixels leave ``seg``, so they are no longer pulled toward their old pseudo label.
+6. ``reassign`` (``use_lr``, the label reassign loss, from ``step >= lr_start · total_steps``) =
+   ``lr_weight ·`` the cross-entropy of reassigned pixels toward their nearest class centre
+   (:mod:`weakseg.losses.label_reassign`); those pixels leave ``seg``, so they are no longer pulled
+   toward their old pseudo label. Not named ``lr``: that is the learning rate's log column.
 
 The step has no host synchronisation (no ``.item()``, ``.cpu()`` or data-dependent Python branch).
 Validation and inference use the segmentation logits (the engine's defaults: multi-scale + flip via
@@ -139,7 +140,7 @@ def _check_params(p: AALParams) -> None:
 @register_method
 class AAL(Method):
     """Single stage from tags: CAM pseudo masks every step train the segmentation branch, + AA and LR losses
-    (designed from the abstract; terms ``cls``, ``seg``, ``aa``, ``lr``; module doc)."""
+    (designed from the abstract; terms ``cls``, ``seg``, ``aa``, ``reassign``; module doc)."""
 
     name = "aal"
     Params = AALParams
@@ -232,7 +233,7 @@ class AAL(Method):
             if p.use_aa:
                 losses["aa"] = zero
             if p.use_lr:
-                losses["lr"] = zero
+                losses["reassign"] = zero
             return losses
 
         labels, confidence = self.pseudo_masks(outputs, batch)
@@ -266,5 +267,5 @@ class AAL(Method):
                 temperature=p.aa_temperature,
             )
         if p.use_lr:
-            losses["lr"] = lr_term
+            losses["reassign"] = lr_term
         return losses
