@@ -44,6 +44,8 @@ from pathlib import Path
 
 import torch
 
+from image_level_ladder import AAL_VARIANTS
+
 ROOT = Path(__file__).resolve().parents[1]
 
 #: --dataset -> its config in configs/aal/
@@ -52,13 +54,8 @@ CONFIG_FILES: dict[str, str] = {
     "synthetic": "synthetic_effnetlite0-v3p_96x96_300.yaml",
 }
 
-#: variant -> method overrides
-VARIANTS: dict[str, list[str]] = {
-    "baseline": ["method.use_aa=false", "method.use_lr=false"],
-    "aa": ["method.use_lr=false"],
-    "lr": ["method.use_aa=false"],
-    "both": [],
-}
+#: variant -> method overrides: the image-level ladder's AAL variants (one definition for both ladders)
+VARIANTS: dict[str, list[str]] = {name: overrides for name, (_, overrides) in AAL_VARIANTS.items()}
 
 
 def parse_args() -> argparse.Namespace:
