@@ -53,6 +53,9 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "full": ("full", []),
     "rloss": ("rloss", []),
     "gatedcrf": ("gatedcrf", []),
+    # rloss without the release's batch-12 factor: the CRF at the per-image balance that DFR's default
+    # reg_weight 0.4 matches (12x weaker than published)
+    "rloss_per_image": ("rloss", ["method.reference_batch=1"]),
     "dfr": ("dfr", []),
     # DFR at rloss's batch-12 balance (reg_weight 4.8, the default until it collapsed on voc-real)
     "dfr_reg48": ("dfr", ["method.reg_weight=4.8"]),
