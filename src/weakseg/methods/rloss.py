@@ -21,6 +21,10 @@ colours are ``batch["image"]·255``. No warm-up: the reference adds the loss fro
   on the loss grid, i.e. with the crop size. ``c_crop = mass(reference_crop) / mass(this crop)`` keeps the
   published weight's meaning on any crop (1 at 513, 1.27 at 465, 6.0 at 256, 56 at 128 with σ_xy 100), so a
   ``data.crop_size`` override does not silently change the balance. ``reference_crop=None`` disables it.
+
+Measured (README, Results): on the CPU ladders (EfficientNet-lite0, crops 160-192) the published balance
+over-regularises large regions; ``reference_batch=1`` (12x weaker) raised val mIoU from 0.301 to 0.370 on
+voc-real and from 0.405 to 0.583 on CamVid. The default stays the published balance.
 """
 
 from __future__ import annotations
