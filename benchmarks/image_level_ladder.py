@@ -1,6 +1,6 @@
 """The image-level ladder on real images whose tags vary: ``--dataset voc-real`` or ``msrc-real``.
 
-Four stages, each recorded as ``benchmarks/results/<dataset>-image/<variant>_seed<N>.json``
+Five stages, each recorded as ``benchmarks/results/<dataset>-image/<variant>_seed<N>.json``
 (:mod:`results_io`) and skipped when that file exists; every training resumes from its run folder's
 ``last.ckpt`` (``weakseg train --resume``) and adds the new wall time, CAM inference skips the images
 whose file exists. Every step runs as a ``weakseg`` command (recorded in the result's ``command``).
@@ -24,7 +24,9 @@ whose file exists. Every step runs as a ``weakseg`` command (recorded in the res
 3. **Two stages** (``two_stage``): ``full`` with ``method.label=pseudo`` trained on those pseudo-labels
    (``configs/full/synthetic_effnetlite0-v3p_96x96_300.yaml`` with this dataset's crops and steps); val
    mIoU.
-4. **AAL** (``aal_baseline``, ``aal_aa``, ``aal_lr``, ``aal``): the single-stage network with CE on its
+4. **Ceiling** (``full_masks``): the same segmenter, protocol and budget trained on the true train masks;
+   val mIoU. It bounds what the two-stage segmenter can reach under this protocol.
+5. **AAL** (``aal_baseline``, ``aal_aa``, ``aal_lr``, ``aal``): the single-stage network with CE on its
    on-the-fly pseudo masks, + adaptive affinity, + label reassignment, + both, at one budget
    (``configs/aal/<vocreal|msrcreal>_effnetlite0-v3p_224x224_500.yaml``); val mIoU and the joint-phase
    step time from the run's log.
@@ -83,7 +85,7 @@ DATASETS: dict[str, tuple[str, str, str, str]] = {
         "msrc-real-image",
     ),
 }
-STAGES = ("seeds", "pseudo", "two_stage", "aal")
+STAGES = ("seeds", "pseudo", "two_stage", "ceiling", "aal")
 #: seed variant -> (method, overrides); the seeds stage runs ``--seed-variants`` (default: the first two,
 #: whose better one feeds the pseudo-labels). ``sfc_pre_pcm_seeds`` is ``sfc`` with its prototype seeds
 #: taken before the PCM (``method.seed_source=cam``, an option of weakseg, not of the paper).
@@ -337,18 +339,14 @@ class Ladder:
 
     # ------------------------------------------------------------------ stage 3: two stages
 
-    def two_stage(self) -> None:
-        if self.done("two_stage"):
-            return
-        if not (self.pseudo_dir() / "pseudo_labels.json").is_file():
-            raise SystemExit(f"no pseudo-labels in {self.pseudo_dir()}: run --stages pseudo first")
+    def segmenter_overrides(self) -> list[str]:
+        """The segmenter protocol of stages 3 and 4 (``two_stage``, ``full_masks``): the classifiers'
+        crops, scales, flips, batch and (without ``--steps``) budget."""
         from weakseg.config import load_config
 
         base = load_config(ROOT / "configs" / "cam" / self.cls_config)  # the ladder's crops and budget
         d, t = base.data, base.train
         overrides = [
-            f"data.root={self.pseudo_dir()}",
-            "method.label=pseudo",
             "data.val_split=val",
             f"data.crop_size=[{d.crop_size[0]},{d.crop_size[1]}]",
             f"data.scale_range=[{d.scale_range[0]},{d.scale_range[1]}]",
@@ -361,13 +359,17 @@ class Ladder:
                 f"train.val_every={t.val_every}",
                 f"train.ckpt_every={t.ckpt_every}",
             ]
-        run_dir = self.work / f"two_stage_seed{self.seed}"
+        return overrides
+
+    def segmenter(self, variant: str, overrides: list[str], **fields: Any) -> None:
+        """Train ``full`` under :meth:`segmenter_overrides` plus ``overrides``; record its val mIoU."""
+        run_dir = self.work / f"{variant}_seed{self.seed}"
         config = "configs/full/synthetic_effnetlite0-v3p_96x96_300.yaml"
-        metrics, wall, command = self.train(config, overrides, run_dir)
+        metrics, wall, command = self.train(config, [*overrides, *self.segmenter_overrides()], run_dir)
         curve = self.curve(run_dir)
         steps = int(metrics["step"])
         self.record(
-            "two_stage",
+            variant,
             method="full",
             steps=steps,
             wall_time_s=round(wall, 1),
@@ -375,10 +377,28 @@ class Ladder:
             score=metrics["mIoU"],
             per_class=metrics["per_class_IoU"],
             command=command,
-            pseudo_labels_from=self.read("pseudo_labels")["method"],
             curve=curve,
             plateau=plateau(curve, steps),
+            **fields,
         )
+
+    def two_stage(self) -> None:
+        if self.done("two_stage"):
+            return
+        if not (self.pseudo_dir() / "pseudo_labels.json").is_file():
+            raise SystemExit(f"no pseudo-labels in {self.pseudo_dir()}: run --stages pseudo first")
+        self.segmenter(
+            "two_stage",
+            [f"data.root={self.pseudo_dir()}", "method.label=pseudo"],
+            pseudo_labels_from=self.read("pseudo_labels")["method"],
+        )
+
+    def ceiling(self) -> None:
+        """The same segmenter on the true train masks: what the two-stage segmenter could reach with
+        perfect pseudo-labels under this protocol (the bound on its ``two_stage >= pseudo-labels`` target)."""
+        if self.done("full_masks"):
+            return
+        self.segmenter("full_masks", [f"data.root={self.root}", "method.label=mask"])
 
     # ------------------------------------------------------------------ stage 4: AAL
 

@@ -20,7 +20,8 @@ from results_io import RESULTS, read_results
 # the ladders' row order; other variants follow alphabetically
 ORDER = [
     "full", "pce", "rloss", "gatedcrf", "dfr_shallow", "dfr_frozen", "dfr_dynamic", "dfr", "cdsp",
-    "cam_seeds", "sfc_seeds", "pseudo_labels", "two_stage", "aal_baseline", "aal_aa", "aal_lr", "aal",
+    "cam_seeds", "sfc_seeds", "pseudo_labels", "two_stage", "full_masks",
+    "aal_baseline", "aal_aa", "aal_lr", "aal",
 ]  # fmt: skip
 
 
