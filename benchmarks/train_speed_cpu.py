@@ -16,6 +16,9 @@ acdc        ``configs/<method>/acdc_effnetlite0-v3p_256x256_2k.yaml`` with ``dat
 voc-real    ``configs/<method>/camvid_effnetlite0-v3p_256x256_3k.yaml`` with
             ``data.crop_size=[192,192] data.scale_range=[0.5,1.0] train.batch_size=8`` on VOC
             images with scribbles simulated by ``weakseg data simulate`` (``--voc-root``)
+voc-real-   the image-level ladder's ``configs/<method>/vocreal_effnetlite0-v3p_224x224_500.yaml``
+image       (``aal``: crops 224, batch 8) on voc-real's tags (``--voc-image-root``), with
+            ``method.cls_warmup=0 method.lr_start=0``: every step in AAL's joint phase
 ==========  =================================================================================
 
 A version from before the configs were renamed has the same files as ``acdc_effnetlite0.yaml`` and
@@ -86,6 +89,12 @@ PROTOCOLS: dict[str, tuple[tuple[str, ...], list[str], dict[str, list[str]]]] = 
             "data.num_workers=1",
         ],
         {},
+    ),
+    "voc-real-image": (
+        ("configs/{method}/vocreal_effnetlite0-v3p_224x224_500.yaml",),
+        ["train.batch_size=8", "data.num_workers=1"],
+        # every timed step in AAL's joint phase, label reassignment on
+        {"aal": ["method.cls_warmup=0", "method.lr_start=0"]},
     ),
 }
 
@@ -239,7 +248,11 @@ def machine() -> str:
 
 def compare(args: argparse.Namespace, versions: dict[str, dict[str, Any]], work: Path) -> dict[str, Any]:
     """Per method and protocol: the rounds' figures and the pooled ratios (new ÷ old)."""
-    roots = {"acdc": Path(args.acdc_root), "voc-real": Path(args.voc_root)}
+    roots = {
+        "acdc": Path(args.acdc_root),
+        "voc-real": Path(args.voc_root),
+        "voc-real-image": Path(args.voc_image_root),
+    }
     results: dict[str, Any] = {}
     log = work / "runs.log"
     for protocol in args.protocols:
@@ -320,7 +333,7 @@ def main() -> None:
     p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--old", default="7fe8104", help="the baseline commit (issue 12 starts from 7fe8104)")
     p.add_argument("--new", default=None, help="a commit to compare; default: this checkout's src")
-    p.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS))
+    p.add_argument("--protocols", nargs="+", default=["acdc", "voc-real"], choices=list(PROTOCOLS))
     p.add_argument("--methods", nargs="+", default=["pce", "dfr"])
     p.add_argument("--steps", type=int, default=16, help="steps per run (the first log window is not timed)")
     p.add_argument("--log-every", type=int, default=4)
@@ -335,6 +348,7 @@ def main() -> None:
     )
     p.add_argument("--acdc-root", default=str(ROOT.parent / "shared" / "data" / "acdc-scribble"))
     p.add_argument("--voc-root", default=str(ROOT / "runs" / "data" / "voc-real-scribbles"))
+    p.add_argument("--voc-image-root", default=str(ROOT.parent / "shared" / "data" / "voc-real"))
     p.add_argument("--work", default=None, help="folder for the extracted versions and runs (default: temp)")
     p.add_argument("--json-dir", default=None, help="write train_cpu_speedup_<method>.json here")
     args = p.parse_args()

@@ -182,3 +182,50 @@ def test_pseudo_labels_of_a_voc_dataset_point_back_at_voc_files(tmp_path, shared
     mask = sample["mask"]
     expected = torch.where(mask == 255, torch.zeros_like(mask), mask)  # void pixels score 0 in every CAM
     assert torch.equal(sample["pseudo"], expected)
+
+
+@pytest.mark.parametrize("background", [0, None])
+@pytest.mark.parametrize("crf", ["torch", "none"])
+def test_on_the_fly_labels_are_the_same_with_tagged_slots_packed(background, crf, monkeypatch):
+    """``cam_pseudo_labels`` packs the tagged classes into the fewest slots on a CPU; the labels equal
+    those of the one-slot-per-class layout (the GPU's), with crop padding and an image without tags."""
+    from weakseg.cam import pseudo_labels as pl
+    from weakseg.postprocess.crf import CRFParams
+
+    gen = torch.Generator().manual_seed(3)
+    num_classes, size = 9, (20, 24)
+    fg = num_classes - (background is not None)
+    cam = torch.randn(4, fg, 5, 6, generator=gen)
+    tags = torch.zeros(4, num_classes)
+    tags[0, [2, 5, 7]] = 1.0
+    tags[1, [8]] = 1.0
+    tags[2, [1, 3, 4, 6]] = 1.0  # image 3 has no tag
+    if background is not None:
+        tags[:, background] = 1.0
+    images = (torch.rand(4, 3, *size, generator=gen) * 255).round().to(torch.uint8)
+    valid = torch.ones(4, *size, dtype=torch.bool)
+    valid[1, :, -5:] = False
+    params = PseudoLabelParams(crf=crf, crf_params=CRFParams.pseudo_label(scale=0.5, num_iters=5))
+    kwargs = dict(num_classes=num_classes, background=background, params=params, valid=valid)
+
+    packed_calls = []
+    real_pack = pl.pack_tagged_slots
+    monkeypatch.setattr(pl, "pack_tagged_slots", lambda *a: packed_calls.append(1) or real_pack(*a))
+    packed, scores = pl.cam_pseudo_labels(cam, tags, images, **kwargs)
+    assert packed_calls and pl.packs_slots(torch.device("cpu"))
+    monkeypatch.setattr(pl, "packs_slots", lambda device: False)
+    per_class, scores_per_class = pl.cam_pseudo_labels(cam, tags, images, **kwargs)
+    assert torch.equal(packed, per_class) and torch.equal(scores, scores_per_class)
+    assert len(set(packed.unique().tolist()) - {255}) >= 4  # the rule labels several classes
+
+
+def test_packing_keeps_each_images_used_slots_in_order():
+    from weakseg.cam.pseudo_labels import pack_tagged_slots, packs_slots
+
+    maps = torch.arange(2 * 5, dtype=torch.float32).view(2, 5, 1, 1).expand(2, 5, 2, 3)
+    classes = torch.tensor([[1, 2, 3, 4, 5], [1, 2, 3, 4, 5]])
+    present = torch.tensor([[False, True, False, True, False], [True, False, False, False, False]])
+    m, c, p = pack_tagged_slots(maps, classes, present)
+    assert c.tolist() == [[2, 4], [1, 2]] and p.tolist() == [[True, True], [True, False]]
+    assert m[:, :, 0, 0].tolist() == [[1.0, 3.0], [5.0, 6.0]] and m.shape == (2, 2, 2, 3)
+    assert not packs_slots(torch.device("meta")) and packs_slots(torch.device("cpu"))

@@ -279,6 +279,11 @@ def test_on_the_fly_pseudo_masks_equal_the_offline_tool_output_files(tmp_path):
 
 
 def test_the_step_never_synchronises_with_the_host(net, monkeypatch):
+    """On a GPU (simulated: the CPU told to keep one slot per class, as there) the step never reads
+    a value back to the host."""
+    from weakseg.cam import pseudo_labels
+
+    monkeypatch.setattr(pseudo_labels, "packs_slots", lambda device: False)
     method = _method(cls_warmup=0.0, lr_start=0.0, crf="torch", crf_iters=2)
     method.set_progress(1, 2)
     batch = _batch()

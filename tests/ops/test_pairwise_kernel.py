@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from weakseg.ops.pairwise_kernel import (
+    GaussianAffinityMatrix,
     gaussian_affinity_apply,
     kernel_features_rgbxy,
     naive_gaussian_affinity_apply,
@@ -277,3 +278,24 @@ def test_dfr_shallow_kernel_backend_reaches_the_normalised_potts_loss() -> None:
         grads["lattice"].flatten(), grads["exact"].flatten(), dim=0
     )
     assert cosine.item() > 0.95
+
+
+@pytest.mark.parametrize("include_self", [False, True])
+@pytest.mark.parametrize("roi_kind", ["none", "bool", "float"])
+def test_explicit_matrix_equals_the_naive_dense_kernel(include_self: bool, roi_kind: str) -> None:
+    feats, vals, roi = _inputs(spread=2.0)
+    roi = {"none": None, "bool": roi, "float": roi.float() * torch.rand(B, H, W)}[roi_kind]
+    matrix = GaussianAffinityMatrix(feats, roi, include_self=include_self)
+    v = vals.clone().requires_grad_()
+    out = matrix.apply(v)
+    grad_out = torch.randn(B, C, H, W, generator=torch.Generator().manual_seed(2))
+    (gv,) = torch.autograd.grad((out * grad_out).sum(), [v])
+    ref, _, rv = _value_and_grads(
+        naive_gaussian_affinity_apply, feats, vals, roi, grad_out, mode="dense", include_self=include_self
+    )
+    assert out.dtype == torch.float32 and out.shape == (B, C, H, W)
+    assert _rel_err(out, ref) < 1e-5 and _rel_err(gv, rv) < 1e-5
+    with pytest.raises(ValueError, match="do not match"):
+        matrix.apply(vals[:, :, :-1])
+    assert GaussianAffinityMatrix.fits(16, 28, 28, 1 << 27)  # AAL's CRF grid: 39 MB
+    assert not GaussianAffinityMatrix.fits(1, 100, 100, 1 << 27)  # 400 MB

@@ -404,3 +404,26 @@ def test_lattice_mean_field_in_blocks_equals_whole_matrix_updates(monkeypatch: p
     blocks = dense_crf(logits, image, params=params, input_type="logits")
     torch.testing.assert_close(blocks, whole, rtol=0, atol=1e-5)
     crf_module._GRID_LATTICES.clear()
+
+
+def test_explicit_kernel_matrices_give_the_fused_kernels_marginals(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small grids hold the exact kernels as matrices (computed once per CRF); the marginals equal the
+    fused-attention ones, which recompute the kernel every iteration, up to fp32 rounding."""
+    from weakseg.postprocess import crf as crf_module
+
+    image, _, probs = _piecewise_scene(5, h=20, w=24)
+    valid = torch.ones(1, 20, 24, dtype=torch.bool)
+    valid[:, :, -4:] = False
+    params = CRFParams(num_iters=6, backend="exact")
+    built = []
+    real = crf_module.GaussianAffinityMatrix
+    monkeypatch.setattr(crf_module, "GaussianAffinityMatrix", type("Spy", (real,), {
+        "__init__": lambda self, *a, **k: built.append(1) or real.__init__(self, *a, **k)
+    }))  # fmt: skip
+    q_matrix = dense_crf(probs, image, params=params, valid=valid)
+    assert len(built) == 2  # the smoothness and appearance kernels, once each
+    monkeypatch.setattr(crf_module, "_MATRIX_BUDGET_BYTES", 0)
+    q_fused = dense_crf(probs, image, params=params, valid=valid)
+    assert len(built) == 2
+    assert (q_matrix - q_fused).abs().max() < 1e-5
+    assert torch.equal(q_matrix.argmax(1), q_fused.argmax(1))

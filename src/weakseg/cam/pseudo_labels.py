@@ -37,7 +37,9 @@ in *slot* layout (``[B, S, H, W]`` maps, the class of every slot, which slots ar
 device and without host synchronisation. :func:`ir_labels` (the offline tool,
 :func:`weakseg.tools.pseudo_dataset.make_pseudo_labels`) packs each image's
 tagged classes into the first slots; :func:`cam_pseudo_labels` (single-stage training, e.g. ``aal``)
-turns a network's raw CAMs into one slot per foreground class, unused where the class is not tagged.
+turns a network's raw CAMs into one slot per foreground class, unused where the class is not tagged
+(on a CPU it then packs the tagged ones into the fewest slots, which cuts the CRF's labels from all
+classes to the batch's largest tag count).
 """
 
 from __future__ import annotations
@@ -280,13 +282,15 @@ def cam_pseudo_labels(
     params: PseudoLabelParams = PseudoLabelParams(),
     valid: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pseudo masks from a network's raw CAMs, on the fly (single-stage training), sync-free.
+    """Pseudo masks from a network's raw CAMs, on the fly (single-stage training).
 
     The single-scale, unflipped version of ``weakseg cam`` followed by ``weakseg pseudo-labels``:
     ``ReLU`` at the network's resolution, bilinear upsampling to the image size, each channel divided
     by its spatial maximum + 1e-5 (:func:`~weakseg.ops.class_maps.max_normalize`; over the valid pixels),
     only the tagged classes kept, then :func:`batched_ir_labels`. Runs without gradient, in fp32
-    with autocast disabled.
+    with autocast disabled. On a CPU the tagged classes are first packed into the fewest slots
+    (:func:`pack_tagged_slots`: the same labels, a CRF over a few labels instead of all); on a GPU the
+    call never synchronises with the host.
 
     Args:
         cam: ``[B, C, h, w]`` raw class maps over the foreground classes (dataset order, background
@@ -320,13 +324,36 @@ def cam_pseudo_labels(
             fg_index = fg_index + (fg_index >= background).long()
         present = tags.index_select(1, fg_index) > 0.5
         scores = max_normalize(maps) * present[:, :, None, None]
+        slots, classes, used = scores, fg_index.expand(cam.shape[0], -1), present
+        if packs_slots(cam.device):
+            slots, classes, used = pack_tagged_slots(slots, classes, used)
         labels = batched_ir_labels(
-            scores,
-            fg_index.expand(cam.shape[0], -1),
-            present,
-            images,
-            background=background,
-            params=params,
-            valid=valid,
+            slots, classes, used, images, background=background, params=params, valid=valid
         )
     return labels, scores
+
+
+def packs_slots(device: torch.device) -> bool:
+    """Whether :func:`cam_pseudo_labels` packs the tagged classes into the fewest slots on ``device``.
+
+    Packing needs one host read (the batch's largest tag count), free on a CPU, a stall on a GPU; there
+    the rule keeps one slot per foreground class and stays sync-free."""
+    return device.type == "cpu"
+
+
+def pack_tagged_slots(
+    maps: torch.Tensor, classes: torch.Tensor, present: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The used slots of every image moved to the front, in their order, and the batch cut to the largest
+    tag count ``S' = max_b sum(present[b])``: ``[B, S, H, W]``, ``[B, S]``, ``[B, S]`` -> ``[B, S', H, W]``,
+    ``[B, S']``, ``[B, S']``.
+
+    :func:`batched_ir_labels` gives the same labels on both layouts (an unused slot never wins, sends
+    no CRF message, and the order of the used ones is kept, so arg-max ties break alike); the CRF and
+    the unary then carry ``S' + 1`` labels instead of ``S + 1`` (VOC: about 3 instead of 21)."""
+    # a stable sort on "unused" keeps the used slots' order and puts them first
+    order = torch.sort((~present).to(torch.uint8), dim=1, stable=True).indices
+    keep = max(1, int(present.sum(1).max()))  # the host read
+    order = order[:, :keep]
+    index = order[:, :, None, None].expand(-1, -1, *maps.shape[-2:])
+    return maps.gather(1, index), classes.gather(1, order), present.gather(1, order)

@@ -51,7 +51,12 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from weakseg.ops.lattice import PermutohedralLattice, lattice_gaussian_filter, resolve_backend
 
-__all__ = ["gaussian_affinity_apply", "kernel_features_rgbxy", "naive_gaussian_affinity_apply"]
+__all__ = [
+    "GaussianAffinityMatrix",
+    "gaussian_affinity_apply",
+    "kernel_features_rgbxy",
+    "naive_gaussian_affinity_apply",
+]
 
 _EXCLUDED_SCORE = -1.0e4  # exp(-1e4) == 0 exactly in fp32: an excluded key never carries weight
 _MAX_HEAD_DIM = 128  # value channels per fused-attention call (GPU kernels prefer head dims <= 128)
@@ -106,6 +111,57 @@ def gaussian_affinity_apply(
                 raise ValueError(f"local mode needs radius >= 1, got {radius}")
             return _LocalGaussian.apply(feats, vals, weights, int(radius), include_self)
     raise ValueError(f"unknown mode '{mode}'; expected 'dense' or 'local'")
+
+
+class GaussianAffinityMatrix:
+    """The dense-mode operator of :func:`gaussian_affinity_apply` held as explicit ``[B, N, N]`` matrices.
+
+    For small grids applied many times to the same features (the mean-field iterations of a dense CRF on
+    a coarse grid): the kernel's ``N²`` exponentials are computed once, and each application is one
+    batched matrix product instead of a fused-attention pass that recomputes them. Same result as
+    ``gaussian_affinity_apply(features, ·, roi, mode="dense", include_self=include_self)`` up to fp32
+    rounding (the squared distances are summed from exact per-dimension differences, as in
+    :func:`naive_gaussian_affinity_apply`, so nothing is lost to cancellation). Memory ``4·B·N²`` bytes:
+    :meth:`fits` says whether a batch stays under a budget. No gradient to the features.
+
+    Args:
+        features: [B, D, H, W] kernel features, already divided by their bandwidths.
+        roi: [B, H, W] bool or float, as in :func:`gaussian_affinity_apply`; None = every pixel.
+        include_self: whether the ``j == i`` term (weight ``r_i²``) is kept.
+    """
+
+    def __init__(self, features: Tensor, roi: Tensor | None = None, *, include_self: bool = False) -> None:
+        feats, _, weights = _check_and_prepare(features, features[:, :1], roi)
+        b, d, h, w = feats.shape
+        with torch.no_grad(), torch.autocast(device_type=feats.device.type, enabled=False):
+            f = feats.detach().flatten(2)  # [B, D, N]
+            dist = f.new_zeros(b, h * w, h * w)
+            for k in range(d):
+                dist.add_((f[:, k, :, None] - f[:, k, None, :]).square_())
+            matrix = dist.mul_(-0.5).exp_()  # W_ij = exp(-|f_i - f_j|² / 2), in place: one [B, N, N]
+            r = weights.flatten(1)
+            matrix.mul_(r[:, :, None]).mul_(r[:, None, :])  # R W R
+            if not include_self:
+                matrix.diagonal(dim1=1, dim2=2).zero_()
+        self.matrix = matrix
+        self.shape = (h, w)
+
+    @staticmethod
+    def fits(batch: int, height: int, width: int, budget_bytes: int) -> bool:
+        """Whether the fp32 matrices of ``batch`` images of ``height x width`` fit in ``budget_bytes``."""
+        return 4 * batch * (height * width) ** 2 <= budget_bytes
+
+    def apply(self, values: Tensor) -> Tensor:
+        """``out_i = Σ_j M_ij v_j``: [B, C, H, W] -> fp32 [B, C, H, W] (differentiable in ``values``)."""
+        b, c = values.shape[:2]
+        if tuple(values.shape[-2:]) != self.shape or b != self.matrix.shape[0]:
+            raise ValueError(
+                f"values {tuple(values.shape)} do not match the matrix of {self.matrix.shape[0]} images "
+                f"of {self.shape}"
+            )
+        with torch.autocast(device_type=values.device.type, enabled=False):
+            out = torch.bmm(values.float().flatten(2), self.matrix)  # M is symmetric: v M = (M v^T)^T
+        return out.view(b, c, *self.shape)
 
 
 def kernel_features_rgbxy(

@@ -25,7 +25,9 @@ row sums of the normalisation as well; ``False`` gives the paper's form.
 
 * ``"exact"``: ``K_m`` is the exact Gaussian, applied through
   :func:`weakseg.ops.pairwise_kernel.gaussian_affinity_apply` (dense mode: fused attention, O(N)
-  memory, O(N²) work per application: meant for a GPU or small grids). ``pydensecrf`` evaluates a
+  memory, O(N²) work per application: meant for a GPU or small grids; on grids small enough, the
+  kernel is held as explicit matrices, computed once and reused by every iteration:
+  :class:`~weakseg.ops.pairwise_kernel.GaussianAffinityMatrix`). ``pydensecrf`` evaluates a
   permutohedral-lattice approximation (lumpy, with an approximate self weight), so the two agree closely
   but not exactly: ≥ 98% of the argmax labels (tests/postprocess/test_crf.py).
 * ``"lattice"``: ``K_m`` is that same permutohedral lattice (:mod:`weakseg.ops.lattice`, pure torch, CPU
@@ -55,7 +57,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from weakseg.ops.lattice import BACKENDS, LatticeOperator, PermutohedralLattice, resolve_backend
-from weakseg.ops.pairwise_kernel import gaussian_affinity_apply, kernel_features_rgbxy
+from weakseg.ops.pairwise_kernel import (
+    GaussianAffinityMatrix,
+    gaussian_affinity_apply,
+    kernel_features_rgbxy,
+)
 from weakseg.ops.resize import resize_bilinear, scaled_size
 
 __all__ = [
@@ -71,6 +77,10 @@ __all__ = [
 
 InputType = Literal["probs", "logits", "unary"]
 _NORM_EPS = 1e-20  # densecrf's guard in 1 / sqrt(K·1 + eps)
+#: the exact dense kernels of a mean field are held as explicit [B, N, N] matrices (computed once, reused
+#: by every iteration) while they take at most this many bytes each: coarse CRF grids, e.g. AAL's
+#: on-the-fly pseudo masks (28x28 cells for 16 maps: 39 MB)
+_MATRIX_BUDGET_BYTES = 1 << 27
 _MIN_ENERGY = -60.0  # lattice mean field: floor of the shifted energies (exp(-60) ~ 1e-26, no denormals)
 
 
@@ -234,8 +244,18 @@ class _Kernel:
     compat: float
     mode: str
     radius: int
+    matrix: GaussianAffinityMatrix | None = None  # set by :meth:`materialise` (dense mode, small grids)
+
+    def materialise(self, roi: Tensor | None, include_self: bool) -> None:
+        """Hold a dense kernel as explicit matrices when they fit :data:`_MATRIX_BUDGET_BYTES`: its
+        exponentials are then computed once per CRF instead of once per iteration."""
+        b, _, h, w = self.features.shape
+        if self.mode == "dense" and GaussianAffinityMatrix.fits(b, h, w, _MATRIX_BUDGET_BYTES):
+            self.matrix = GaussianAffinityMatrix(self.features, roi, include_self=include_self)
 
     def apply(self, values: Tensor, roi: Tensor | None, include_self: bool) -> Tensor:
+        if self.matrix is not None:  # built for this roi and include_self by materialise
+            return self.matrix.apply(values)
         return gaussian_affinity_apply(
             self.features, values, roi, mode=self.mode, radius=self.radius, include_self=include_self
         )
@@ -278,6 +298,7 @@ def _mean_field(
     ones = unary.new_ones(unary.shape[0], 1, *unary.shape[-2:])
     norms = []  # [B, 1, h, w] per kernel
     for kernel in kernels:
+        kernel.materialise(valid, params.include_self)
         row_sums = kernel.apply(ones, valid, params.include_self)
         norms.append(torch.rsqrt(row_sums + _NORM_EPS))  # outside the ROI the sums are 0: norm is finite
     for _ in range(num_iters):
