@@ -299,3 +299,24 @@ def test_explicit_matrix_equals_the_naive_dense_kernel(include_self: bool, roi_k
         matrix.apply(vals[:, :, :-1])
     assert GaussianAffinityMatrix.fits(16, 28, 28, 1 << 27)  # AAL's CRF grid: 39 MB
     assert not GaussianAffinityMatrix.fits(1, 100, 100, 1 << 27)  # 400 MB
+
+
+def test_shared_matrix_serves_a_batch_of_equal_features_with_per_image_rois() -> None:
+    feats, vals, roi = _inputs()
+    same = feats[:1].expand(B, -1, -1, -1)
+    shared = GaussianAffinityMatrix(same, roi, shared=True)
+    assert shared.matrix.shape == (1, H * W, H * W)
+    ref = naive_gaussian_affinity_apply(same, vals, roi, mode="dense")
+    assert _rel_err(shared.apply(vals), ref) < 1e-5
+    assert _rel_err(GaussianAffinityMatrix(same, roi).apply(vals), ref) < 1e-5
+
+
+def test_far_pairs_weigh_exactly_zero_and_no_weight_is_subnormal() -> None:
+    feats = torch.zeros(1, 1, 1, 4)
+    feats[0, 0, 0] = torch.tensor([0.0, 1.0, 13.0, 40.0])  # -|f_i - f_j|²/2: -0.5, -84.5, -364.5, -800
+    matrix = GaussianAffinityMatrix(feats, include_self=True).matrix[0]
+    assert matrix[0, 1] == pytest.approx(torch.exp(torch.tensor(-0.5)).item())
+    assert matrix[0, 2] == pytest.approx(torch.exp(torch.tensor(-84.5)).item(), rel=1e-4)
+    assert matrix[0, 3] == 0.0 and matrix[2, 3] == 0.0
+    tiny = torch.finfo(torch.float32).tiny
+    assert not ((matrix > 0) & (matrix < tiny)).any()

@@ -59,6 +59,7 @@ __all__ = [
 ]
 
 _EXCLUDED_SCORE = -1.0e4  # exp(-1e4) == 0 exactly in fp32: an excluded key never carries weight
+_SMALLEST_NORMAL_SCORE = -87.0  # exp(-87) = 1.6e-38, just above fp32's smallest normal number
 _MAX_HEAD_DIM = 128  # value channels per fused-attention call (GPU kernels prefer head dims <= 128)
 _FUSED_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
 
@@ -120,30 +121,38 @@ class GaussianAffinityMatrix:
     a coarse grid): the kernel's ``N²`` exponentials are computed once, and each application is one
     batched matrix product instead of a fused-attention pass that recomputes them. Same result as
     ``gaussian_affinity_apply(features, ·, roi, mode="dense", include_self=include_self)`` up to fp32
-    rounding (the squared distances are summed from exact per-dimension differences, as in
-    :func:`naive_gaussian_affinity_apply`, so nothing is lost to cancellation). Memory ``4·B·N²`` bytes:
-    :meth:`fits` says whether a batch stays under a budget. No gradient to the features.
+    rounding: the squared distances come from one matrix product of centred features, as in the fused
+    pass (the module doc's precision note), and weights below fp32's smallest normal number (``1e-38``)
+    are 0. Memory ``4·B·N²`` bytes (:meth:`fits`); no gradient to the features.
 
     Args:
         features: [B, D, H, W] kernel features, already divided by their bandwidths.
         roi: [B, H, W] bool or float, as in :func:`gaussian_affinity_apply`; None = every pixel.
         include_self: whether the ``j == i`` term (weight ``r_i²``) is kept.
+        shared: every image has the first image's features (e.g. position-only features on one grid):
+            one ``[N, N]`` matrix serves the batch (the ROI still applies per image).
     """
 
-    def __init__(self, features: Tensor, roi: Tensor | None = None, *, include_self: bool = False) -> None:
+    def __init__(
+        self, features: Tensor, roi: Tensor | None = None, *, include_self: bool = False, shared: bool = False
+    ) -> None:
         feats, _, weights = _check_and_prepare(features, features[:, :1], roi)
-        b, d, h, w = feats.shape
+        h, w = feats.shape[-2:]
         with torch.no_grad(), torch.autocast(device_type=feats.device.type, enabled=False):
-            f = feats.detach().flatten(2)  # [B, D, N]
-            dist = f.new_zeros(b, h * w, h * w)
-            for k in range(d):
-                dist.add_((f[:, k, :, None] - f[:, k, None, :]).square_())
-            matrix = dist.mul_(-0.5).exp_()  # W_ij = exp(-|f_i - f_j|² / 2), in place: one [B, N, N]
-            r = weights.flatten(1)
-            matrix.mul_(r[:, :, None]).mul_(r[:, None, :])  # R W R
+            f = feats.detach()[:1] if shared else feats.detach()
+            f = f.flatten(2).transpose(1, 2)  # [B', N, D]
+            f = f - f.mean(1, keepdim=True)  # distances are translation invariant; centring keeps |f|² small
+            half_sq = 0.5 * f.square().sum(-1)  # [B', N]
+            # score_ij = f_i·f_j - |f_i|²/2 - |f_j|²/2 = -|f_i - f_j|²/2, clipped at 0 against rounding
+            score = torch.baddbmm(half_sq[:, :, None] + half_sq[:, None, :], f, f.transpose(1, 2), alpha=-1.0)
+            score = score.neg_().clamp_(max=0.0)
+            # exp of a score below -87 is subnormal or 0 and takes a slow path on x86: clip, then zero
+            far = score < _SMALLEST_NORMAL_SCORE
+            matrix = score.clamp_(min=_SMALLEST_NORMAL_SCORE).exp_().masked_fill_(far, 0.0)
             if not include_self:
                 matrix.diagonal(dim1=1, dim2=2).zero_()
-        self.matrix = matrix
+        self.matrix = matrix  # [B' (1 if shared), N, N], W without the ROI
+        self.weights = weights.flatten(1)  # [B, N]
         self.shape = (h, w)
 
     @staticmethod
@@ -152,16 +161,21 @@ class GaussianAffinityMatrix:
         return 4 * batch * (height * width) ** 2 <= budget_bytes
 
     def apply(self, values: Tensor) -> Tensor:
-        """``out_i = Σ_j M_ij v_j``: [B, C, H, W] -> fp32 [B, C, H, W] (differentiable in ``values``)."""
+        """``out_i = r_i Σ_j W_ij r_j v_j``: [B, C, H, W] -> fp32 [B, C, H, W] (a gradient to ``values``)."""
         b, c = values.shape[:2]
-        if tuple(values.shape[-2:]) != self.shape or b != self.matrix.shape[0]:
+        if tuple(values.shape[-2:]) != self.shape or b != self.weights.shape[0]:
             raise ValueError(
-                f"values {tuple(values.shape)} do not match the matrix of {self.matrix.shape[0]} images "
+                f"values {tuple(values.shape)} do not match the matrix of {self.weights.shape[0]} images "
                 f"of {self.shape}"
             )
+        r = self.weights[:, None, :]
         with torch.autocast(device_type=values.device.type, enabled=False):
-            out = torch.bmm(values.float().flatten(2), self.matrix)  # M is symmetric: v M = (M v^T)^T
-        return out.view(b, c, *self.shape)
+            rv = values.float().flatten(2) * r  # [B, C, N]
+            if self.matrix.shape[0] == 1 and b > 1:  # one matrix for the batch: a single product
+                out = (rv.reshape(b * c, -1) @ self.matrix[0]).view(b, c, -1)
+            else:  # W is symmetric: (W rv^T)^T = rv W
+                out = torch.bmm(rv, self.matrix)
+        return (out * r).view(b, c, *self.shape)
 
 
 def kernel_features_rgbxy(

@@ -244,14 +244,19 @@ class _Kernel:
     compat: float
     mode: str
     radius: int
+    shared: bool = False  # every image has the first image's features (the position-only kernel)
     matrix: GaussianAffinityMatrix | None = None  # set by :meth:`materialise` (dense mode, small grids)
 
     def materialise(self, roi: Tensor | None, include_self: bool) -> None:
         """Hold a dense kernel as explicit matrices when they fit :data:`_MATRIX_BUDGET_BYTES`: its
         exponentials are then computed once per CRF instead of once per iteration."""
         b, _, h, w = self.features.shape
-        if self.mode == "dense" and GaussianAffinityMatrix.fits(b, h, w, _MATRIX_BUDGET_BYTES):
-            self.matrix = GaussianAffinityMatrix(self.features, roi, include_self=include_self)
+        if self.mode == "dense" and GaussianAffinityMatrix.fits(
+            1 if self.shared else b, h, w, _MATRIX_BUDGET_BYTES
+        ):
+            self.matrix = GaussianAffinityMatrix(
+                self.features, roi, include_self=include_self, shared=self.shared
+            )
 
     def apply(self, values: Tensor, roi: Tensor | None, include_self: bool) -> Tensor:
         if self.matrix is not None:  # built for this roi and include_self by materialise
@@ -270,7 +275,7 @@ def _kernels(image255: Tensor, params: CRFParams, grid_scale: float) -> list[_Ke
         if params.gaussian_truncate is not None:
             radius = max(1, math.ceil(params.gaussian_truncate * params.gaussian_sxy * grid_scale))
             mode = "local" if radius < max(image255.shape[-2:]) else "dense"
-        kernels.append(_Kernel(xy, params.gaussian_compat, mode, radius))
+        kernels.append(_Kernel(xy, params.gaussian_compat, mode, radius, shared=True))
     if params.bilateral_compat != 0:
         rgbxy = kernel_features_rgbxy(image255, params.bilateral_srgb, params.bilateral_sxy, grid_scale)
         kernels.append(_Kernel(rgbxy, params.bilateral_compat, "dense", 1))
