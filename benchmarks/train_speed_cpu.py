@@ -99,6 +99,14 @@ PROTOCOLS: dict[str, tuple[tuple[str, ...], list[str], dict[str, list[str]]]] = 
 }
 
 
+#: protocol -> the methods it has configs for (the first pattern of PROTOCOLS exists for each)
+PROTOCOL_METHODS: dict[str, tuple[str, ...]] = {
+    "acdc": ("pce", "dfr", "rloss", "gatedcrf", "full"),
+    "voc-real": ("pce", "dfr", "rloss", "gatedcrf"),
+    "voc-real-image": ("aal",),
+}
+
+
 def protocol_overrides(
     protocol: str, method: str, extra: Sequence[str] = (), root: Path = ROOT
 ) -> tuple[str, list[str]]:
@@ -355,6 +363,11 @@ def main() -> None:
     if args._child:
         run_child(args._child)
         return
+    for protocol in args.protocols:
+        unknown = sorted(set(args.methods) - set(PROTOCOL_METHODS[protocol]))
+        if unknown:
+            known = ", ".join(PROTOCOL_METHODS[protocol])
+            p.error(f"protocol {protocol} has no config for {unknown}; its methods: {known}")
     work = Path(args.work or tempfile.mkdtemp(prefix="weakseg-speed-"))
     versions = {
         "old": {"name": f"old {commit_of(args.old)}", "root": extract(args.old, work / "old")},

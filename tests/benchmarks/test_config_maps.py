@@ -78,8 +78,9 @@ def test_gpu_suite_and_cpu_speed_protocols(bench):
     for method in ("pce", "rloss", "gatedcrf", "dfr"):
         _config(method, bench["gpu_suite"].VOC_CONFIG)
     speed = bench["train_speed_cpu"]
+    assert set(speed.PROTOCOL_METHODS) == set(speed.PROTOCOLS)
     for protocol, (patterns, _, _) in speed.PROTOCOLS.items():
-        for method in ("pce", "dfr"):
+        for method in speed.PROTOCOL_METHODS[protocol]:
             config, _ = speed.protocol_overrides(protocol, method)
             assert config == patterns[0].format(method=method)  # this checkout: the current name
             assert (ROOT / config).is_file(), config
