@@ -312,11 +312,12 @@ def test_shared_matrix_serves_a_batch_of_equal_features_with_per_image_rois() ->
 
 
 def test_far_pairs_weigh_exactly_zero_and_no_weight_is_subnormal() -> None:
-    feats = torch.zeros(1, 1, 1, 4)
-    feats[0, 0, 0] = torch.tensor([0.0, 1.0, 13.0, 40.0])  # -|f_i - f_j|²/2: -0.5, -84.5, -364.5, -800
-    matrix = GaussianAffinityMatrix(feats, include_self=True).matrix[0]
+    # -|f_i - f_j|²/2 from the first: -0.5, -84.5 (a normal weight), -91.1 (a subnormal exp), -800
+    feats = torch.tensor([0.0, 1.0, 13.0, 13.5, 40.0]).view(1, 1, 1, 5)
+    matrix = GaussianAffinityMatrix(feats).matrix[0]
     assert matrix[0, 1] == pytest.approx(torch.exp(torch.tensor(-0.5)).item())
     assert matrix[0, 2] == pytest.approx(torch.exp(torch.tensor(-84.5)).item(), rel=1e-4)
-    assert matrix[0, 3] == 0.0 and matrix[2, 3] == 0.0
+    assert torch.exp(torch.tensor(-91.125)) > 0  # what a plain exp would leave: subnormal
+    assert matrix[0, 3] == 0.0 and matrix[0, 4] == 0.0
     tiny = torch.finfo(torch.float32).tiny
     assert not ((matrix > 0) & (matrix < tiny)).any()

@@ -411,9 +411,11 @@ def test_explicit_kernel_matrices_give_the_fused_kernels_marginals(monkeypatch: 
     fused-attention ones, which recompute the kernel every iteration, up to fp32 rounding."""
     from weakseg.postprocess import crf as crf_module
 
-    image, _, probs = _piecewise_scene(5, h=20, w=24)
-    valid = torch.ones(1, 20, 24, dtype=torch.bool)
-    valid[:, :, -4:] = False
+    scenes = [_piecewise_scene(seed, h=20, w=24) for seed in (5, 6)]
+    image = torch.cat([scenes[0][0], scenes[1][0].flip(-1)])  # two different images: one shared xy matrix
+    probs = torch.cat([scenes[0][2], scenes[1][2].flip(-1)])
+    valid = torch.ones(2, 20, 24, dtype=torch.bool)
+    valid[1, :, -4:] = False
     params = CRFParams(num_iters=6, backend="exact")
     built = []
     real = crf_module.GaussianAffinityMatrix

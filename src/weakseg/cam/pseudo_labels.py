@@ -155,9 +155,9 @@ def batched_ir_labels(
 
     This is the one implementation behind both the offline tool (:func:`ir_labels`, which packs each
     image's tagged classes into the first slots) and on-the-fly pseudo masks during training
-    (:func:`cam_pseudo_labels`, one slot per foreground class). It has no host synchronisation
-    (no ``.item()``/``.cpu()``, no data-dependent Python branch) when ``params.crf`` is "torch" or
-    "none" and ``images`` is uint8.
+    (:func:`cam_pseudo_labels`: one slot per foreground class, or on a CPU the tagged ones packed). It
+    has no host synchronisation (no ``.item()``/``.cpu()``, no data-dependent Python branch) when
+    ``params.crf`` is "torch" or "none" and ``images`` is uint8.
 
     Args:
         cams: float ``[B, S, H, W]`` combined, max-normalised CAMs, one per slot.
@@ -348,10 +348,13 @@ def pack_tagged_slots(
     tag count ``S' = max_b sum(present[b])``: ``[B, S, H, W]``, ``[B, S]``, ``[B, S]`` -> ``[B, S', H, W]``,
     ``[B, S']``, ``[B, S']``.
 
-    :func:`batched_ir_labels` gives the same labels on both layouts (an unused slot never wins, sends
-    no CRF message, and the order of the used ones is kept, so arg-max ties break alike); the CRF and
+    :func:`batched_ir_labels` gives the same labels on both layouts, up to floating-point rounding at
+    exact CRF ties (an unused slot never wins, sends no CRF message, and the order of the used ones is
+    kept, so arg-max ties break alike); the CRF and
     the unary then carry ``S' + 1`` labels instead of ``S + 1`` (VOC: about 3 instead of 21)."""
     # a stable sort on "unused" keeps the used slots' order and puts them first
+    if present.shape[0] == 0:
+        return maps, classes, present
     order = torch.sort((~present).to(torch.uint8), dim=1, stable=True).indices
     keep = max(1, int(present.sum(1).max()))  # the host read
     order = order[:, :keep]

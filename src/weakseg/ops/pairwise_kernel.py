@@ -42,6 +42,7 @@ tests/ops/test_pairwise_kernel.py for the measured tolerances).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import torch
@@ -60,6 +61,7 @@ __all__ = [
 
 _EXCLUDED_SCORE = -1.0e4  # exp(-1e4) == 0 exactly in fp32: an excluded key never carries weight
 _SMALLEST_NORMAL_SCORE = -87.0  # exp(-87) = 1.6e-38, just above fp32's smallest normal number
+_SMALLEST_NORMAL_WEIGHT = math.exp(_SMALLEST_NORMAL_SCORE) * (1.0 + 1e-6)
 _MAX_HEAD_DIM = 128  # value channels per fused-attention call (GPU kernels prefer head dims <= 128)
 _FUSED_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
 
@@ -122,8 +124,9 @@ class GaussianAffinityMatrix:
     batched matrix product instead of a fused-attention pass that recomputes them. Same result as
     ``gaussian_affinity_apply(features, ·, roi, mode="dense", include_self=include_self)`` up to fp32
     rounding: the squared distances come from one matrix product of centred features, as in the fused
-    pass (the module doc's precision note), and weights below fp32's smallest normal number (``1e-38``)
-    are 0. Memory ``4·B·N²`` bytes (:meth:`fits`); no gradient to the features.
+    pass (the module doc's precision note; so meant for fp32 products without TF32, as on a CPU), and
+    weights below ``exp(-87)`` (fp32's smallest normal number is 1.2e-38) are 0. Memory ``4·B·N²`` bytes,
+    also at the peak of the construction (:meth:`fits`); no gradient to the features or the ROI.
 
     Args:
         features: [B, D, H, W] kernel features, already divided by their bandwidths.
@@ -143,16 +146,17 @@ class GaussianAffinityMatrix:
             f = f.flatten(2).transpose(1, 2)  # [B', N, D]
             f = f - f.mean(1, keepdim=True)  # distances are translation invariant; centring keeps |f|² small
             half_sq = 0.5 * f.square().sum(-1)  # [B', N]
-            # score_ij = f_i·f_j - |f_i|²/2 - |f_j|²/2 = -|f_i - f_j|²/2, clipped at 0 against rounding
-            score = torch.baddbmm(half_sq[:, :, None] + half_sq[:, None, :], f, f.transpose(1, 2), alpha=-1.0)
-            score = score.neg_().clamp_(max=0.0)
-            # exp of a score below -87 is subnormal or 0 and takes a slow path on x86: clip, then zero
-            far = score < _SMALLEST_NORMAL_SCORE
-            matrix = score.clamp_(min=_SMALLEST_NORMAL_SCORE).exp_().masked_fill_(far, 0.0)
+            # score_ij = f_i·f_j - |f_i|²/2 - |f_j|²/2 = -|f_i - f_j|²/2, clipped at 0 against rounding;
+            # every step in place, so the construction holds one [B', N, N] buffer
+            score = torch.bmm(f, f.transpose(1, 2)).sub_(half_sq[:, :, None]).sub_(half_sq[:, None, :])
+            score.clamp_(_SMALLEST_NORMAL_SCORE, 0.0)
+            # exp of a score below -87 is subnormal or 0 and takes a slow path on x86: clipped to -87
+            # above, its weight exp(-87) is then zeroed (with the few whose score lies within 1e-6 of it)
+            matrix = F.threshold(score.exp_(), _SMALLEST_NORMAL_WEIGHT, 0.0, inplace=True)
             if not include_self:
                 matrix.diagonal(dim1=1, dim2=2).zero_()
         self.matrix = matrix  # [B' (1 if shared), N, N], W without the ROI
-        self.weights = weights.flatten(1)  # [B, N]
+        self.weights = weights.detach().flatten(1)  # [B, N]; no gradient to a float ROI, as the fused path
         self.shape = (h, w)
 
     @staticmethod

@@ -25,8 +25,8 @@ row sums of the normalisation as well; ``False`` gives the paper's form.
 
 * ``"exact"``: ``K_m`` is the exact Gaussian, applied through
   :func:`weakseg.ops.pairwise_kernel.gaussian_affinity_apply` (dense mode: fused attention, O(N)
-  memory, O(N²) work per application: meant for a GPU or small grids; on grids small enough, the
-  kernel is held as explicit matrices, computed once and reused by every iteration:
+  memory, O(N²) work per application: meant for a GPU or small grids; on a CPU, on grids small enough,
+  the kernel is held as explicit matrices, computed once and reused by every iteration:
   :class:`~weakseg.ops.pairwise_kernel.GaussianAffinityMatrix`). ``pydensecrf`` evaluates a
   permutohedral-lattice approximation (lumpy, with an approximate self weight), so the two agree closely
   but not exactly: ≥ 98% of the argmax labels (tests/postprocess/test_crf.py).
@@ -77,8 +77,8 @@ __all__ = [
 
 InputType = Literal["probs", "logits", "unary"]
 _NORM_EPS = 1e-20  # densecrf's guard in 1 / sqrt(K·1 + eps)
-#: the exact dense kernels of a mean field are held as explicit [B, N, N] matrices (computed once, reused
-#: by every iteration) while they take at most this many bytes each: coarse CRF grids, e.g. AAL's
+#: on a CPU the exact dense kernels of a mean field are held as explicit [B, N, N] matrices (computed once,
+#: reused by every iteration) while they take at most this many bytes each: coarse CRF grids, e.g. AAL's
 #: on-the-fly pseudo masks (28x28 cells for 16 maps: 39 MB)
 _MATRIX_BUDGET_BYTES = 1 << 27
 _MIN_ENERGY = -60.0  # lattice mean field: floor of the shifted energies (exp(-60) ~ 1e-26, no denormals)
@@ -248,11 +248,15 @@ class _Kernel:
     matrix: GaussianAffinityMatrix | None = None  # set by :meth:`materialise` (dense mode, small grids)
 
     def materialise(self, roi: Tensor | None, include_self: bool) -> None:
-        """Hold a dense kernel as explicit matrices when they fit :data:`_MATRIX_BUDGET_BYTES`: its
-        exponentials are then computed once per CRF instead of once per iteration."""
+        """On a CPU, hold a dense kernel as explicit matrices when they fit :data:`_MATRIX_BUDGET_BYTES`:
+        its exponentials are then computed once per CRF instead of once per iteration. (A GPU keeps the
+        fused kernel: cheap there, and exact whatever the matmul precision settings.)"""
         b, _, h, w = self.features.shape
-        if self.mode == "dense" and GaussianAffinityMatrix.fits(
-            1 if self.shared else b, h, w, _MATRIX_BUDGET_BYTES
+        on_cpu = self.features.device.type == "cpu"
+        if (
+            on_cpu
+            and self.mode == "dense"
+            and GaussianAffinityMatrix.fits(1 if self.shared else b, h, w, _MATRIX_BUDGET_BYTES)
         ):
             self.matrix = GaussianAffinityMatrix(
                 self.features, roi, include_self=include_self, shared=self.shared
