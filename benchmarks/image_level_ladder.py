@@ -29,7 +29,8 @@ whose file exists. Every step runs as a ``weakseg`` command (recorded in the res
 5. **AAL** (``aal_baseline``, ``aal_aa``, ``aal_lr``, ``aal``): the single-stage network with CE on its
    on-the-fly pseudo masks, + adaptive affinity, + label reassignment, + both, at one budget
    (``configs/aal/<vocreal|msrcreal>_effnetlite0-v3p_224x224_500.yaml``); val mIoU and the joint-phase
-   step time from the run's log.
+   step time from the run's log (``joint_step_time_rel_baseline`` divides it by ``aal_baseline``'s: a
+   ratio that means something only when the two ran side by side under one load).
 
 Each training's validation curve (step -> score) and whether its last fifth is flat
 (:func:`results_io.plateau`) are stored with it. MSRC has no background class: seeds, pseudo-labels and
