@@ -25,7 +25,9 @@ whose file exists. Every step runs as a ``weakseg`` command (recorded in the res
    (``configs/full/synthetic_effnetlite0-v3p_96x96_300.yaml`` with this dataset's crops and steps); val
    mIoU.
 4. **Ceiling** (``full_masks``): the same segmenter, protocol and budget trained on the true train masks;
-   val mIoU. It bounds what the two-stage segmenter can reach under this protocol.
+   val mIoU. It bounds what the two-stage segmenter can reach under this protocol. ``--segmenter-steps K``
+   sets the steps of stages 3 and 4 only (run folders ``<variant>_steps<K>_seed<N>``), for a longer
+   two-stage schedule on the classifiers and pseudo-labels already made.
 5. **AAL** (``aal_baseline``, ``aal_aa``, ``aal_lr``, ``aal``): the single-stage network with CE on its
    on-the-fly pseudo masks, + adaptive affinity, + label reassignment, + both, at one budget
    (``configs/aal/<vocreal|msrcreal>_effnetlite0-v3p_224x224_500.yaml``); val mIoU and the joint-phase
@@ -162,23 +164,28 @@ class Ladder:
 
     # ------------------------------------------------------------------ trainings
 
-    def training_overrides(self, run_dir: Path) -> list[str]:
-        """Overrides every training shares: seed, workers, run folder, ``--steps``, ``--set``."""
+    def training_overrides(self, run_dir: Path, steps: int | None = None) -> list[str]:
+        """Overrides every training shares: seed, workers, run folder, ``steps`` (default ``--steps``),
+        ``--set``."""
         out = [
             f"train.seed={self.seed}",
             f"data.num_workers={self.args.workers}",
             "train.num_overlays=0",
             f"out_dir={run_dir}",
         ]
-        if self.args.steps:
-            every = max(1, self.args.steps // 10)  # three validations in the last fifth
-            out += [f"train.steps={self.args.steps}", f"train.val_every={every}", f"train.ckpt_every={every}"]
+        steps = steps or self.args.steps
+        if steps:
+            every = max(1, steps // 10)  # three validations in the last fifth
+            out += [f"train.steps={steps}", f"train.val_every={every}", f"train.ckpt_every={every}"]
         return [*out, *self.args.set]
 
-    def train(self, config: str, overrides: list[str], run_dir: Path) -> tuple[dict[str, Any], float, str]:
-        """Train (or resume, or reuse a finished run); returns (final metrics, total wall s, command)."""
+    def train(
+        self, config: str, overrides: list[str], run_dir: Path, steps: int | None = None
+    ) -> tuple[dict[str, Any], float, str]:
+        """Train (or resume, or reuse a finished run) for ``steps`` (default ``--steps``, else the
+        config's); returns (final metrics, total wall s, command)."""
         command = weakseg_command(
-            "train", config, *overrides, *self.training_overrides(run_dir), "--quiet", *self.device
+            "train", config, *overrides, *self.training_overrides(run_dir, steps), "--quiet", *self.device
         )
         wall_file = run_dir / "ladder_wall_s.json"
         wall = json.loads(wall_file.read_text())["wall_s"] if wall_file.is_file() else 0.0
@@ -354,7 +361,7 @@ class Ladder:
             f"data.hflip={d.hflip}",
             f"train.batch_size={t.batch_size}",
         ]
-        if not self.args.steps:  # else --steps sets them for every training
+        if not (self.args.steps or self.args.segmenter_steps):  # else training_overrides sets them
             overrides += [
                 f"train.steps={t.steps}",
                 f"train.val_every={t.val_every}",
@@ -364,9 +371,15 @@ class Ladder:
 
     def segmenter(self, variant: str, overrides: list[str], **fields: Any) -> None:
         """Train ``full`` under :meth:`segmenter_overrides` plus ``overrides``; record its val mIoU."""
-        run_dir = self.work / f"{variant}_seed{self.seed}"
+        steps = self.args.segmenter_steps
+        # its own run folder at other steps: the pseudo-labels stay where they are, the runs apart
+        run_dir = self.work / (
+            f"{variant}_steps{steps}_seed{self.seed}" if steps else f"{variant}_seed{self.seed}"
+        )
         config = "configs/full/synthetic_effnetlite0-v3p_96x96_300.yaml"
-        metrics, wall, command = self.train(config, [*overrides, *self.segmenter_overrides()], run_dir)
+        metrics, wall, command = self.train(
+            config, [*overrides, *self.segmenter_overrides()], run_dir, self.args.segmenter_steps
+        )
         curve = self.curve(run_dir)
         steps = int(metrics["step"])
         self.record(
@@ -489,6 +502,13 @@ def parse_args() -> argparse.Namespace:
         type=int,
         default=None,
         help="override every training's steps (smoke tests, a longer AAL schedule)",
+    )
+    p.add_argument(
+        "--segmenter-steps",
+        type=int,
+        default=None,
+        help="steps of the two_stage and ceiling trainings only: a longer two-stage schedule on the "
+        "pseudo-labels already made (run folders <variant>_steps<K>_seed<N>; give it its own --results)",
     )
     p.add_argument(
         "--limit", type=int, default=None, help="only the first N train and val images (smoke tests)"
