@@ -371,14 +371,14 @@ class Ladder:
 
     def segmenter(self, variant: str, overrides: list[str], **fields: Any) -> None:
         """Train ``full`` under :meth:`segmenter_overrides` plus ``overrides``; record its val mIoU."""
-        steps = self.args.segmenter_steps
+        budget = self.args.segmenter_steps
         # its own run folder at other steps: the pseudo-labels stay where they are, the runs apart
         run_dir = self.work / (
-            f"{variant}_steps{steps}_seed{self.seed}" if steps else f"{variant}_seed{self.seed}"
+            f"{variant}_steps{budget}_seed{self.seed}" if budget else f"{variant}_seed{self.seed}"
         )
         config = "configs/full/synthetic_effnetlite0-v3p_96x96_300.yaml"
         metrics, wall, command = self.train(
-            config, [*overrides, *self.segmenter_overrides()], run_dir, self.args.segmenter_steps
+            config, [*overrides, *self.segmenter_overrides()], run_dir, budget
         )
         curve = self.curve(run_dir)
         steps = int(metrics["step"])

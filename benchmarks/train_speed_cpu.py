@@ -99,12 +99,11 @@ PROTOCOLS: dict[str, tuple[tuple[str, ...], list[str], dict[str, list[str]]]] = 
 }
 
 
-#: protocol -> the methods it has configs for (the first pattern of PROTOCOLS exists for each)
-PROTOCOL_METHODS: dict[str, tuple[str, ...]] = {
-    "acdc": ("pce", "dfr", "rloss", "gatedcrf", "full"),
-    "voc-real": ("pce", "dfr", "rloss", "gatedcrf"),
-    "voc-real-image": ("aal",),
-}
+def protocol_methods(protocol: str, root: Path = ROOT) -> list[str]:
+    """The methods of ``root/configs`` that have a config under the protocol's current name."""
+    pattern = PROTOCOLS[protocol][0][0]
+    folders = sorted(path.name for path in (root / "configs").iterdir() if path.is_dir())
+    return [method for method in folders if (root / pattern.format(method=method)).is_file()]
 
 
 def protocol_overrides(
@@ -364,9 +363,10 @@ def main() -> None:
         run_child(args._child)
         return
     for protocol in args.protocols:
-        unknown = sorted(set(args.methods) - set(PROTOCOL_METHODS[protocol]))
+        known_methods = protocol_methods(protocol)
+        unknown = sorted(set(args.methods) - set(known_methods))
         if unknown:
-            known = ", ".join(PROTOCOL_METHODS[protocol])
+            known = ", ".join(known_methods)
             p.error(f"protocol {protocol} has no config for {unknown}; its methods: {known}")
     work = Path(args.work or tempfile.mkdtemp(prefix="weakseg-speed-"))
     versions = {

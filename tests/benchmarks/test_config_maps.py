@@ -78,9 +78,11 @@ def test_gpu_suite_and_cpu_speed_protocols(bench):
     for method in ("pce", "rloss", "gatedcrf", "dfr"):
         _config(method, bench["gpu_suite"].VOC_CONFIG)
     speed = bench["train_speed_cpu"]
-    assert set(speed.PROTOCOL_METHODS) == set(speed.PROTOCOLS)
+    assert {"pce", "dfr"} <= set(speed.protocol_methods("acdc"))
+    assert {"pce", "dfr"} <= set(speed.protocol_methods("voc-real"))
+    assert speed.protocol_methods("voc-real-image") == ["aal"]
     for protocol, (patterns, _, _) in speed.PROTOCOLS.items():
-        for method in speed.PROTOCOL_METHODS[protocol]:
+        for method in speed.protocol_methods(protocol):
             config, _ = speed.protocol_overrides(protocol, method)
             assert config == patterns[0].format(method=method)  # this checkout: the current name
             assert (ROOT / config).is_file(), config

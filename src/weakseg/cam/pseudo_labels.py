@@ -350,11 +350,11 @@ def pack_tagged_slots(
 
     :func:`batched_ir_labels` gives the same labels on both layouts, up to floating-point rounding at
     exact CRF ties (an unused slot never wins, sends no CRF message, and the order of the used ones is
-    kept, so arg-max ties break alike); the CRF and
-    the unary then carry ``S' + 1`` labels instead of ``S + 1`` (VOC: about 3 instead of 21)."""
-    # a stable sort on "unused" keeps the used slots' order and puts them first
+    kept, so arg-max ties break alike); the CRF and the unary then carry ``S' + 1`` labels instead of
+    ``S + 1`` (VOC: about 3 instead of 21)."""
     if present.shape[0] == 0:
         return maps, classes, present
+    # a stable sort on "unused" keeps the used slots' order and puts them first
     order = torch.sort((~present).to(torch.uint8), dim=1, stable=True).indices
     keep = max(1, int(present.sum(1).max()))  # the host read
     order = order[:, :keep]
