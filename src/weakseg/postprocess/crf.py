@@ -46,8 +46,10 @@ lattice).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -245,29 +247,32 @@ class _Kernel:
     mode: str
     radius: int
     shared: bool = False  # every image has the first image's features (the position-only kernel)
-    matrix: GaussianAffinityMatrix | None = None  # set by :meth:`materialise` (dense mode, small grids)
 
-    def materialise(self, roi: Tensor | None, include_self: bool) -> None:
-        """On a CPU, hold a dense kernel as explicit matrices when they fit :data:`_MATRIX_BUDGET_BYTES`:
-        its exponentials are then computed once per CRF instead of once per iteration. (A GPU keeps the
-        fused kernel: cheap there, and exact whatever the matmul precision settings.)"""
-        b, _, h, w = self.features.shape
-        on_cpu = self.features.device.type == "cpu"
-        if (
-            on_cpu
-            and self.mode == "dense"
-            and GaussianAffinityMatrix.fits(1 if self.shared else b, h, w, _MATRIX_BUDGET_BYTES)
-        ):
-            self.matrix = GaussianAffinityMatrix(
-                self.features, roi, include_self=include_self, shared=self.shared
-            )
 
-    def apply(self, values: Tensor, roi: Tensor | None, include_self: bool) -> Tensor:
-        if self.matrix is not None:  # built for this roi and include_self by materialise
-            return self.matrix.apply(values)
-        return gaussian_affinity_apply(
-            self.features, values, roi, mode=self.mode, radius=self.radius, include_self=include_self
-        )
+def _exact_operator(kernel: _Kernel, roi: Tensor | None, include_self: bool) -> Callable[[Tensor], Tensor]:
+    """``values [B, K, h, w] -> K values`` for one kernel restricted to ``roi``, computed exactly.
+
+    On a CPU a dense kernel is held as explicit matrices when they fit :data:`_MATRIX_BUDGET_BYTES`: its
+    exponentials are then computed once per CRF instead of once per iteration. (A GPU keeps the fused
+    kernel: cheap there, and exact whatever the matmul precision settings.)
+    """
+    b, _, h, w = kernel.features.shape
+    if (
+        kernel.features.device.type == "cpu"
+        and kernel.mode == "dense"
+        and GaussianAffinityMatrix.fits(1 if kernel.shared else b, h, w, _MATRIX_BUDGET_BYTES)
+    ):
+        return GaussianAffinityMatrix(
+            kernel.features, roi, include_self=include_self, shared=kernel.shared
+        ).apply
+    return functools.partial(
+        gaussian_affinity_apply,
+        kernel.features,
+        roi=roi,
+        mode=kernel.mode,
+        radius=kernel.radius,
+        include_self=include_self,
+    )
 
 
 def _kernels(image255: Tensor, params: CRFParams, grid_scale: float) -> list[_Kernel]:
@@ -306,14 +311,15 @@ def _mean_field(
     kernels = _kernels(image255, params, grid_scale) if num_iters > 0 else []
     ones = unary.new_ones(unary.shape[0], 1, *unary.shape[-2:])
     norms = []  # [B, 1, h, w] per kernel
-    for kernel in kernels:
-        kernel.materialise(valid, params.include_self)
-        row_sums = kernel.apply(ones, valid, params.include_self)
-        norms.append(torch.rsqrt(row_sums + _NORM_EPS))  # outside the ROI the sums are 0: norm is finite
+    operators = [_exact_operator(kernel, valid, params.include_self) for kernel in kernels]
+    for operator in operators:
+        norms.append(
+            torch.rsqrt(operator(ones) + _NORM_EPS)
+        )  # outside the ROI the sums are 0: norm is finite
     for _ in range(num_iters):
         energy = -unary
-        for kernel, norm in zip(kernels, norms):
-            message = norm * kernel.apply(norm * q, valid, params.include_self)
+        for kernel, operator, norm in zip(kernels, operators, norms):
+            message = norm * operator(norm * q)
             energy = energy + kernel.compat * message  # Potts: -(−w · message)
         q = torch.softmax(energy, dim=1)
     return q
