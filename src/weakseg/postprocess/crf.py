@@ -310,12 +310,9 @@ def _mean_field(
     q = torch.softmax(-unary, dim=1)
     kernels = _kernels(image255, params, grid_scale) if num_iters > 0 else []
     ones = unary.new_ones(unary.shape[0], 1, *unary.shape[-2:])
-    norms = []  # [B, 1, h, w] per kernel
     operators = [_exact_operator(kernel, valid, params.include_self) for kernel in kernels]
-    for operator in operators:
-        norms.append(
-            torch.rsqrt(operator(ones) + _NORM_EPS)
-        )  # outside the ROI the sums are 0: norm is finite
+    # [B, 1, h, w] per kernel; outside the ROI the row sums are 0 and the norm stays finite
+    norms = [torch.rsqrt(operator(ones) + _NORM_EPS) for operator in operators]
     for _ in range(num_iters):
         energy = -unary
         for kernel, operator, norm in zip(kernels, operators, norms):
